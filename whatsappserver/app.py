@@ -1,0 +1,88 @@
+"""FastAPI application: `cd whatsappserver && uvicorn app:app --host 0.0.0.0 --port $PORT`.
+
+`create_app(settings)` builds everything in the lifespan (store, embedder, worker), so tests and the CLI
+can run the same app on their own settings. Every module of `src/api/` with a `router` is mounted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import src.api
+from src.config import Settings
+from src.logging_setup import configure_logging
+from src.services import build_services
+
+log = logging.getLogger("whatsappserver")
+
+
+def _routers() -> list[object]:
+    routers = []
+    for info in sorted(pkgutil.iter_modules(src.api.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"src.api.{info.name}")
+        router = getattr(module, "router", None)
+        if router is not None:
+            routers.append(router)
+    return routers
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The server on `settings` (read from the environment and .env when omitted)."""
+    settings = settings or Settings()
+    configure_logging(settings.LOG_LEVEL)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.WHATSAPP_APP_SECRET:
+            log.warning(
+                "WHATSAPP_APP_SECRET is not set: webhook signatures are NOT checked (development only; "
+                "production refuses to start without it)"
+            )
+        services = await build_services(settings)
+        app.state.services = services
+        for setup in app.state.startup_hooks:
+            await setup(services)
+        if settings.WORKER_ENABLED:
+            services.pipeline.start()
+        log.info(
+            "ready: store=%s embedding_model=%s worker=%s",
+            services.store.backend_name,
+            services.embedder.model_name,
+            "on" if settings.WORKER_ENABLED else "off",
+        )
+        try:
+            yield
+        finally:
+            await services.aclose()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="WhatsApp watch-market server",
+        summary="Turns WhatsApp dealer messages into a searchable watch market.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.startup_hooks = []
+    for router in _routers():
+        app.include_router(router)  # type: ignore[arg-type]
+    for info in sorted(pkgutil.iter_modules(src.api.__path__), key=lambda m: m.name):
+        setup = getattr(importlib.import_module(f"src.api.{info.name}"), "on_startup", None)
+        if setup is not None:
+            app.state.startup_hooks.append(setup)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`uvicorn app:app` builds the app on first access, so importing this module has no side effects."""
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,115 @@
+"""Settings: the one place every environment variable is read (pydantic-settings, optional `.env`)."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVER_DIR = Path(__file__).resolve().parents[1]
+DEFAULT_SQLITE_PATH = SERVER_DIR / "data" / "whatsapp.sqlite3"
+
+log = logging.getLogger(__name__)
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing or unsafe; the message names the variable and how to fix it."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Field names are the environment variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    APP_ENV: Literal["development", "production"] = "development"
+    LOG_LEVEL: str = "INFO"
+
+    # WhatsApp Cloud API
+    WHATSAPP_VERIFY_TOKEN: str = ""
+    WHATSAPP_APP_SECRET: str = ""
+    WHATSAPP_ACCESS_TOKEN: str = ""
+    WHATSAPP_PHONE_NUMBER_ID: str = ""
+    WHATSAPP_API_VERSION: str = "v21.0"
+    GRAPH_API_BASE_URL: str = "https://graph.facebook.com"
+    WEBHOOK_MAX_BODY_BYTES: int = 4 * 1024 * 1024
+
+    # Embeddings and answers
+    OPENAI_API_KEY: str = ""
+    OPENAI_BASE_URL: str | None = None
+    EMBEDDING_MODEL: str = "text-embedding-3-small"
+    EMBEDDING_DIMENSIONS: int = 1536
+    EMBEDDING_BATCH_SIZE: int = 256
+    EMBEDDING_CONCURRENCY: int = 4
+    EMBEDDING_TIMEOUT_SECONDS: float = 30.0
+    EMBEDDING_MAX_RETRIES: int = 5
+    CHAT_MODEL: str = "gpt-4o-mini"
+
+    # Storage
+    DATABASE_URL: str = ""
+    SUPABASE_URL: str = ""
+    SUPABASE_SERVICE_ROLE_KEY: str = ""
+    SUPABASE_ANON_KEY: str = ""
+    SQLITE_PATH: Path = DEFAULT_SQLITE_PATH
+
+    # Worker
+    WORKER_ENABLED: bool = True
+    WORKER_BATCH_SIZE: int = 128
+    WORKER_POLL_SECONDS: float = 0.5
+    WORKER_LEASE_SECONDS: int = 120
+    WORKER_MAX_ATTEMPTS: int = 8
+    WORKER_RETRY_BASE_SECONDS: float = 2.0
+    WORKER_RETRY_MAX_SECONDS: float = 600.0
+
+    # Search API
+    SEARCH_API_KEY: str = ""
+
+    # Replies on WhatsApp
+    AUTO_REPLY: bool = False
+    ALERTS: bool = False
+
+    # Currency conversion: EUR value of one unit, overriding the dated default table in src/fx.py.
+    FX_RATES_EUR: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.APP_ENV == "production":
+            missing = [
+                name
+                for name in ("WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "SEARCH_API_KEY")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ConfigurationError(
+                    f"APP_ENV=production requires {', '.join(missing)}: set "
+                    f"{'it' if len(missing) == 1 else 'them'} in the environment or in .env "
+                    "(see .env.example)."
+                )
+        return self
+
+    @property
+    def store_backend(self) -> Literal["postgres", "supabase", "sqlite"]:
+        """DATABASE_URL wins (direct connection), then Supabase's HTTP API, then the embedded SQLite."""
+        if self.DATABASE_URL:
+            return "postgres"
+        if self.SUPABASE_URL and (self.SUPABASE_SERVICE_ROLE_KEY or self.SUPABASE_ANON_KEY):
+            return "supabase"
+        return "sqlite"
+
+    @property
+    def embedding_backend(self) -> Literal["openai", "local"]:
+        return "openai" if self.OPENAI_API_KEY else "local"
+
+    @cached_property
+    def active_embedding_model(self) -> str:
+        """The model name stored beside every vector; vectors of different models never mix."""
+        if self.embedding_backend == "openai":
+            return self.EMBEDDING_MODEL
+        return f"local-hash-v1-{self.EMBEDDING_DIMENSIONS}"
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,732 @@
+"""The embedded default store: stdlib sqlite3 in WAL mode, exact vector search with numpy, FTS5 keywords.
+
+sqlite3 is blocking, so every call runs on one dedicated thread (one connection, serialised writes);
+the event loop never waits on disk. Vectors are little-endian float32 blobs; an in-memory matrix per
+embedding model keeps search a single matrix-vector product, refreshed when any connection writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from src.store.base import (
+    EmbeddingDimensionMismatch,
+    InboundMessage,
+    ListingHit,
+    ListingRecord,
+    SearchFilters,
+    StoredMessage,
+    StoreStats,
+    StoreUnavailable,
+)
+from src.watch_models import normalize_reference
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS whatsapp_messages (
+    id              TEXT PRIMARY KEY,
+    source          TEXT NOT NULL CHECK (source IN ('webhook', 'chat_export')),
+    chat_id         TEXT,
+    sender_id       TEXT,
+    sender_name     TEXT,
+    sent_at         TEXT,
+    received_at     TEXT NOT NULL,
+    wa_type         TEXT NOT NULL,
+    text            TEXT NOT NULL DEFAULT '',
+    raw             TEXT NOT NULL DEFAULT '{}',
+    status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'processed', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    processed_at    TEXT,
+    next_attempt_at TEXT,
+    claimed_until   TEXT
+);
+CREATE INDEX IF NOT EXISTS whatsapp_messages_queue ON whatsapp_messages (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS whatsapp_messages_sender ON whatsapp_messages (sender_id);
+
+CREATE TABLE IF NOT EXISTS watch_listings (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id      TEXT NOT NULL REFERENCES whatsapp_messages (id) ON DELETE CASCADE,
+    position        INTEGER NOT NULL,
+    message_type    TEXT NOT NULL,
+    brand           TEXT,
+    model           TEXT,
+    reference       TEXT,
+    reference_norm  TEXT,
+    price           REAL,
+    currency        TEXT,
+    price_eur       REAL,
+    condition       TEXT,
+    year            INTEGER,
+    size_mm         REAL,
+    movement        TEXT,
+    box             INTEGER,
+    papers          INTEGER,
+    confidence      REAL NOT NULL DEFAULT 0,
+    text            TEXT NOT NULL DEFAULT '',
+    embedding       BLOB,
+    embedding_model TEXT,
+    created_at      TEXT NOT NULL,
+    UNIQUE (message_id, position)
+);
+CREATE INDEX IF NOT EXISTS watch_listings_brand ON watch_listings (brand COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS watch_listings_model ON watch_listings (model COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS watch_listings_reference ON watch_listings (reference_norm);
+CREATE INDEX IF NOT EXISTS watch_listings_type ON watch_listings (message_type);
+CREATE INDEX IF NOT EXISTS watch_listings_price ON watch_listings (price_eur);
+CREATE INDEX IF NOT EXISTS watch_listings_model_name ON watch_listings (embedding_model);
+
+CREATE VIRTUAL TABLE IF NOT EXISTS watch_listings_fts USING fts5(
+    text, brand, model, reference, content='watch_listings', content_rowid='id',
+    tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS watch_listings_fts_insert AFTER INSERT ON watch_listings BEGIN
+    INSERT INTO watch_listings_fts (rowid, text, brand, model, reference)
+    VALUES (new.id, new.text, new.brand, new.model, new.reference);
+END;
+CREATE TRIGGER IF NOT EXISTS watch_listings_fts_delete AFTER DELETE ON watch_listings BEGIN
+    INSERT INTO watch_listings_fts (watch_listings_fts, rowid, text, brand, model, reference)
+    VALUES ('delete', old.id, old.text, old.brand, old.model, old.reference);
+END;
+
+CREATE TABLE IF NOT EXISTS notifications (
+    key        TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS embedding_models (
+    model      TEXT PRIMARY KEY,
+    dimensions INTEGER NOT NULL
+);
+"""
+
+LISTING_COLUMNS = (
+    "l.id, l.message_id, l.position, l.message_type, l.brand, l.model, l.reference, l.price, l.currency, "
+    "l.price_eur, l.condition, l.year, l.box, l.papers, l.confidence, l.text, l.created_at, "
+    "m.text, m.sender_id, m.sender_name, m.chat_id, m.sent_at"
+)
+
+
+def _ts(value: datetime | None) -> str | None:
+    """One fixed text format in UTC, so that string order is time order."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _now() -> str:
+    return _ts(datetime.now(UTC)) or ""
+
+
+def _bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _vector_blob(vector: list[float] | None) -> bytes | None:
+    if vector is None:
+        return None
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def _message_from_row(row: sqlite3.Row) -> StoredMessage:
+    return StoredMessage(
+        id=row["id"],
+        source=row["source"],
+        chat_id=row["chat_id"],
+        sender_id=row["sender_id"],
+        sender_name=row["sender_name"],
+        sent_at=_dt(row["sent_at"]),
+        received_at=_dt(row["received_at"]),
+        wa_type=row["wa_type"],
+        text=row["text"],
+        status=row["status"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        processed_at=_dt(row["processed_at"]),
+        raw=json.loads(row["raw"] or "{}"),
+    )
+
+
+def _hit_from_row(row: tuple[Any, ...], score: float = 0.0) -> ListingHit:
+    return ListingHit(
+        listing_id=row[0],
+        message_id=row[1],
+        position=row[2],
+        message_type=row[3],
+        brand=row[4],
+        model=row[5],
+        reference=row[6],
+        price=row[7],
+        currency=row[8],
+        price_eur=row[9],
+        condition=row[10],
+        year=row[11],
+        box=_bool(row[12]),
+        papers=_bool(row[13]),
+        confidence=row[14],
+        text=row[15],
+        created_at=_dt(row[16]),
+        message_text=row[17],
+        sender_id=row[18],
+        sender_name=row[19],
+        chat_id=row[20],
+        sent_at=_dt(row[21]),
+        score=score,
+    )
+
+
+def _filter_sql(filters: SearchFilters) -> tuple[str, list[Any]]:
+    """WHERE clause (over `l` listings joined to `m` messages) for every filter that is set."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if filters.message_type:
+        clauses.append("l.message_type = ?")
+        params.append(filters.message_type)
+    if filters.brand:
+        clauses.append("l.brand = ? COLLATE NOCASE")
+        params.append(filters.brand)
+    if filters.model:
+        clauses.append("l.model = ? COLLATE NOCASE")
+        params.append(filters.model)
+    if filters.reference:
+        clauses.append("l.reference_norm LIKE ? ESCAPE '\\'")
+        escaped = normalize_reference(filters.reference).replace("\\", "\\\\").replace("%", "\\%")
+        params.append(escaped.replace("_", "\\_") + "%")
+    if filters.min_price_eur is not None:
+        clauses.append("l.price_eur >= ?")
+        params.append(filters.min_price_eur)
+    if filters.max_price_eur is not None:
+        clauses.append("l.price_eur <= ?")
+        params.append(filters.max_price_eur)
+    if filters.condition:
+        clauses.append("l.condition = ?")
+        params.append(filters.condition)
+    if filters.since is not None:
+        clauses.append("COALESCE(m.sent_at, m.received_at) >= ?")
+        params.append(_ts(filters.since))
+    if filters.min_year is not None:
+        clauses.append("l.year >= ?")
+        params.append(filters.min_year)
+    if filters.max_year is not None:
+        clauses.append("l.year <= ?")
+        params.append(filters.max_year)
+    if filters.box is not None:
+        clauses.append("l.box = ?")
+        params.append(int(filters.box))
+    if filters.papers is not None:
+        clauses.append("l.papers = ?")
+        params.append(int(filters.papers))
+    if filters.sender_id:
+        clauses.append("m.sender_id = ?")
+        params.append(filters.sender_id)
+    return (" AND ".join(clauses) if clauses else "1"), params
+
+
+def _has_filters(filters: SearchFilters) -> bool:
+    return any(value is not None and value != "" for value in _filter_values(filters))
+
+
+def _filter_values(filters: SearchFilters) -> list[Any]:
+    return [getattr(filters, name) for name in SearchFilters.__slots__]  # type: ignore[attr-defined]
+
+
+class _VectorIndex:
+    """Every vector of one embedding model as one float32 matrix, rows in listing-id order."""
+
+    def __init__(self, dimensions: int) -> None:
+        self.ids = np.empty(0, dtype=np.int64)
+        self.matrix = np.empty((0, dimensions), dtype=np.float32)
+        self.max_id = 0
+
+
+class SQLiteStore:
+    """Store on one SQLite file. Safe for one process writing and others reading (CLI beside the server)."""
+
+    backend_name = "sqlite"
+
+    def __init__(self, path: Path | str, *, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._indexes: dict[str, _VectorIndex] = {}
+        self._index_data_version: int | None = None
+        self._lock = threading.Lock()
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            raise StoreUnavailable("SQLite store is not open")
+        try:
+            return fn(self._conn)
+        except sqlite3.OperationalError as exc:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+            raise StoreUnavailable(f"SQLite at {self.path}: {exc}") from exc
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+            raise
+
+    def _connect(self) -> None:
+        if self.path != Path(":memory:"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._connect)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database at {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        def _close(conn: sqlite3.Connection) -> None:
+            conn.close()
+
+        if self._conn is not None:
+            await self._run(_close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+            return True
+        except Exception:
+            return False
+
+    async def check_embedding_dimension(self, model: str, dimensions: int) -> None:
+        def _check(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT dimensions FROM embedding_models WHERE model = ?", (model,)).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO embedding_models (model, dimensions) VALUES (?, ?)", (model, dimensions)
+                )
+                return
+            if row["dimensions"] != dimensions:
+                raise EmbeddingDimensionMismatch(
+                    f"the store holds {model} vectors of {row['dimensions']} dimensions but the embedder "
+                    f"produces {dimensions}: set EMBEDDING_DIMENSIONS={row['dimensions']}, or choose another "
+                    "model and run `python -m src.cli reembed`"
+                )
+
+        await self._run(_check)
+
+    # -- intake and queue ---------------------------------------------------------------------------
+
+    async def insert_messages(self, messages: list[InboundMessage]) -> list[str]:
+        def _insert(conn: sqlite3.Connection) -> list[str]:
+            now = _now()
+            inserted: list[str] = []
+            conn.execute("BEGIN IMMEDIATE")
+            for message in messages:
+                cursor = conn.execute(
+                    "INSERT INTO whatsapp_messages (id, source, chat_id, sender_id, sender_name, sent_at, "
+                    "received_at, wa_type, text, raw, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending') "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (
+                        message.id,
+                        message.source,
+                        message.chat_id,
+                        message.sender_id,
+                        message.sender_name,
+                        _ts(message.sent_at),
+                        now,
+                        message.wa_type,
+                        message.text,
+                        json.dumps(message.raw, ensure_ascii=False),
+                    ),
+                )
+                if cursor.rowcount == 1:
+                    inserted.append(message.id)
+            conn.execute("COMMIT")
+            return inserted
+
+        if not messages:
+            return []
+        return await self._run(_insert)
+
+    async def apply_edit(self, message_id: str, new_text: str, raw: dict[str, Any]) -> bool:
+        def _edit(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE whatsapp_messages SET text = ?, raw = ?, status = 'pending', attempts = 0, "
+                "last_error = NULL, next_attempt_at = NULL, claimed_until = NULL, processed_at = NULL "
+                "WHERE id = ?",
+                (new_text, json.dumps(raw, ensure_ascii=False), message_id),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(_edit)
+
+    async def get_message(self, message_id: str) -> StoredMessage | None:
+        def _get(conn: sqlite3.Connection) -> StoredMessage | None:
+            row = conn.execute("SELECT * FROM whatsapp_messages WHERE id = ?", (message_id,)).fetchone()
+            return _message_from_row(row) if row else None
+
+        return await self._run(_get)
+
+    async def claim_pending(self, limit: int, lease_seconds: int) -> list[StoredMessage]:
+        def _claim(conn: sqlite3.Connection) -> list[StoredMessage]:
+            now_dt = datetime.now(UTC)
+            now = _ts(now_dt)
+            until = _ts(now_dt + timedelta(seconds=lease_seconds))
+            conn.execute("BEGIN IMMEDIATE")
+            rows = conn.execute(
+                "SELECT * FROM whatsapp_messages WHERE status = 'pending' "
+                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
+                "AND (claimed_until IS NULL OR claimed_until <= ?) "
+                "ORDER BY received_at, id LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE whatsapp_messages SET claimed_until = ? WHERE id = ?",
+                [(until, row["id"]) for row in rows],
+            )
+            conn.execute("COMMIT")
+            return [_message_from_row(row) for row in rows]
+
+        return await self._run(_claim)
+
+    async def complete_messages(self, results: list[tuple[str, list[ListingRecord]]]) -> None:
+        def _complete(conn: sqlite3.Connection) -> None:
+            now = _now()
+            conn.execute("BEGIN IMMEDIATE")
+            for message_id, listings in results:
+                conn.execute("DELETE FROM watch_listings WHERE message_id = ?", (message_id,))
+                conn.executemany(
+                    "INSERT INTO watch_listings (message_id, position, message_type, brand, model, reference, "
+                    "reference_norm, price, currency, price_eur, condition, year, size_mm, movement, box, papers, "
+                    "confidence, text, embedding, embedding_model, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            item.message_id,
+                            item.position,
+                            item.message_type,
+                            item.brand,
+                            item.model,
+                            item.reference,
+                            normalize_reference(item.reference) if item.reference else None,
+                            item.price,
+                            item.currency,
+                            item.price_eur,
+                            item.condition,
+                            item.year,
+                            item.size_mm,
+                            item.movement,
+                            None if item.box is None else int(item.box),
+                            None if item.papers is None else int(item.papers),
+                            item.confidence,
+                            item.text,
+                            _vector_blob(item.embedding),
+                            item.embedding_model,
+                            now,
+                        )
+                        for item in listings
+                    ],
+                )
+                conn.execute(
+                    "UPDATE whatsapp_messages SET status = 'processed', processed_at = ?, last_error = NULL, "
+                    "claimed_until = NULL, next_attempt_at = NULL WHERE id = ?",
+                    (now, message_id),
+                )
+            conn.execute("COMMIT")
+
+        if results:
+            await self._run(_complete)
+
+    async def fail_message(self, message_id: str, error: str, retry_in_seconds: float | None) -> None:
+        def _fail(conn: sqlite3.Connection) -> None:
+            if retry_in_seconds is None:
+                conn.execute(
+                    "UPDATE whatsapp_messages SET status = 'failed', attempts = attempts + 1, last_error = ?, "
+                    "claimed_until = NULL WHERE id = ?",
+                    (error[:2000], message_id),
+                )
+            else:
+                due = _ts(datetime.now(UTC) + timedelta(seconds=retry_in_seconds))
+                conn.execute(
+                    "UPDATE whatsapp_messages SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
+                    "claimed_until = NULL WHERE id = ?",
+                    (error[:2000], due, message_id),
+                )
+
+        await self._run(_fail)
+
+    async def requeue_failed(self) -> int:
+        def _requeue(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE whatsapp_messages SET status = 'pending', attempts = 0, next_attempt_at = NULL, "
+                "claimed_until = NULL WHERE status = 'failed'"
+            )
+            return cursor.rowcount
+
+        return await self._run(_requeue)
+
+    # -- search -------------------------------------------------------------------------------------
+
+    def _refresh_index(self, conn: sqlite3.Connection, model: str) -> _VectorIndex | None:
+        """Bring the model's matrix up to date: append new rows, or reload when rows changed otherwise."""
+        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        index = self._indexes.get(model)
+        count = conn.execute(
+            "SELECT count(*), max(id) FROM watch_listings WHERE embedding_model = ? AND embedding IS NOT NULL",
+            (model,),
+        ).fetchone()
+        total, max_id = count[0], count[1] or 0
+        if total == 0:
+            self._indexes.pop(model, None)
+            return None
+        if index is not None and len(index.ids) == total and index.max_id == max_id:
+            self._index_data_version = data_version
+            return index
+        rows_after = 0 if index is None else index.max_id
+        rows = conn.execute(
+            "SELECT id, embedding FROM watch_listings WHERE embedding_model = ? AND embedding IS NOT NULL "
+            "AND id > ? ORDER BY id",
+            (model, rows_after),
+        ).fetchall()
+        if index is not None and len(index.ids) + len(rows) != total:
+            # Rows were deleted or re-embedded: rebuild from scratch.
+            index = None
+            rows = conn.execute(
+                "SELECT id, embedding FROM watch_listings WHERE embedding_model = ? AND embedding IS NOT NULL "
+                "ORDER BY id",
+                (model,),
+            ).fetchall()
+        if not rows and index is not None:
+            return index
+        dims = len(rows[0][1]) // 4 if rows else index.matrix.shape[1]  # type: ignore[union-attr]
+        new_ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        new_matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), dims)
+        if index is None:
+            index = _VectorIndex(dims)
+            index.ids, index.matrix = new_ids, np.ascontiguousarray(new_matrix)
+        else:
+            index.ids = np.concatenate([index.ids, new_ids])
+            index.matrix = np.concatenate([index.matrix, new_matrix])
+        index.max_id = int(index.ids[-1])
+        self._indexes[model] = index
+        self._index_data_version = data_version
+        return index
+
+    def _fetch_hits(self, conn: sqlite3.Connection, scored: list[tuple[int, float]]) -> list[ListingHit]:
+        if not scored:
+            return []
+        placeholders = ",".join("?" * len(scored))
+        rows = conn.execute(
+            f"SELECT {LISTING_COLUMNS} FROM watch_listings l JOIN whatsapp_messages m ON m.id = l.message_id "
+            f"WHERE l.id IN ({placeholders})",
+            [listing_id for listing_id, _ in scored],
+        ).fetchall()
+        by_id = {row[0]: row for row in rows}
+        return [_hit_from_row(by_id[i], score) for i, score in scored if i in by_id]
+
+    async def search_vector(
+        self, embedding: list[float], model: str, filters: SearchFilters, limit: int
+    ) -> list[ListingHit]:
+        query = np.asarray(embedding, dtype=np.float32)
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0 or limit <= 0:
+            return []
+        query /= norm
+
+        def _search(conn: sqlite3.Connection) -> list[ListingHit]:
+            index = self._refresh_index(conn, model)
+            if index is None or index.matrix.shape[1] != query.shape[0]:
+                return []
+            if _has_filters(filters):
+                where, params = _filter_sql(filters)
+                candidate_ids = np.fromiter(
+                    (
+                        row[0]
+                        for row in conn.execute(
+                            "SELECT l.id FROM watch_listings l JOIN whatsapp_messages m ON m.id = l.message_id "
+                            f"WHERE l.embedding_model = ? AND {where}",
+                            [model, *params],
+                        )
+                    ),
+                    dtype=np.int64,
+                )
+                positions = np.searchsorted(index.ids, candidate_ids)
+                positions = positions[positions < len(index.ids)]
+                positions = positions[index.ids[positions] == candidate_ids[: len(positions)]]
+                if len(positions) == 0:
+                    return []
+                scores = index.matrix[positions] @ query
+                ids = index.ids[positions]
+            else:
+                scores = index.matrix @ query
+                ids = index.ids
+            k = min(limit, len(scores))
+            top = np.argpartition(-scores, k - 1)[:k]
+            top = top[np.argsort(-scores[top], kind="stable")]
+            return self._fetch_hits(conn, [(int(ids[i]), float(scores[i])) for i in top])
+
+        return await self._run(_search)
+
+    async def search_keyword(self, query: str, filters: SearchFilters, limit: int) -> list[ListingHit]:
+        terms = [term for term in _fts_terms(query)]
+        if not terms or limit <= 0:
+            return []
+        match = " OR ".join(terms)
+
+        def _search(conn: sqlite3.Connection) -> list[ListingHit]:
+            where, params = _filter_sql(filters)
+            rows = conn.execute(
+                f"SELECT {LISTING_COLUMNS}, bm25(watch_listings_fts) AS rank FROM watch_listings_fts "
+                "JOIN watch_listings l ON l.id = watch_listings_fts.rowid "
+                "JOIN whatsapp_messages m ON m.id = l.message_id "
+                f"WHERE watch_listings_fts MATCH ? AND {where} ORDER BY rank LIMIT ?",
+                [match, *params, limit],
+            ).fetchall()
+            # bm25 is lower-is-better and negative; expose a positive score.
+            return [_hit_from_row(tuple(row), -float(row[-1])) for row in rows]
+
+        return await self._run(_search)
+
+    async def list_listings(self, filters: SearchFilters, limit: int) -> list[ListingHit]:
+        def _list(conn: sqlite3.Connection) -> list[ListingHit]:
+            where, params = _filter_sql(filters)
+            rows = conn.execute(
+                f"SELECT {LISTING_COLUMNS} FROM watch_listings l JOIN whatsapp_messages m ON m.id = l.message_id "
+                f"WHERE {where} ORDER BY COALESCE(m.sent_at, m.received_at) DESC, l.id DESC LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+            return [_hit_from_row(tuple(row)) for row in rows]
+
+        return await self._run(_list)
+
+    async def listings_needing_embedding(self, model: str, limit: int) -> list[tuple[int, str]]:
+        def _pending(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            rows = conn.execute(
+                "SELECT id, message_type, brand, model, reference, price, currency, condition, year, text "
+                "FROM watch_listings WHERE embedding_model IS NOT ? OR embedding IS NULL ORDER BY id LIMIT ?",
+                (model, limit),
+            ).fetchall()
+            return [(row["id"], _embedding_text_from_row(row)) for row in rows]
+
+        return await self._run(_pending)
+
+    async def update_embeddings(self, model: str, vectors: list[tuple[int, list[float]]]) -> None:
+        def _update(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "UPDATE watch_listings SET embedding = ?, embedding_model = ? WHERE id = ?",
+                [(_vector_blob(vector), model, listing_id) for listing_id, vector in vectors],
+            )
+            conn.execute("COMMIT")
+
+        if vectors:
+            await self._run(_update)
+
+    # -- aggregates and housekeeping ----------------------------------------------------------------
+
+    async def stats(self) -> StoreStats:
+        def _stats(conn: sqlite3.Connection) -> StoreStats:
+            stats = StoreStats()
+            for status, count in conn.execute("SELECT status, count(*) FROM whatsapp_messages GROUP BY status"):
+                setattr(stats, status, count)
+                stats.messages_total += count
+            row = conn.execute(
+                "SELECT count(*), count(DISTINCT message_id), COALESCE(sum(price_eur), 0) FROM watch_listings"
+            ).fetchone()
+            stats.listings_total, stats.watch_messages, stats.total_value_eur = row[0], row[1], float(row[2])
+            by_type = dict(
+                conn.execute(
+                    "SELECT message_type, count(DISTINCT message_id) FROM watch_listings GROUP BY message_type"
+                ).fetchall()
+            )
+            stats.sales = by_type.get("sale", 0)
+            stats.wanted = by_type.get("wanted", 0)
+            stats.questions = by_type.get("question", 0)
+            stats.trades = by_type.get("trade", 0)
+            stats.top_brands = dict(
+                conn.execute(
+                    "SELECT brand, count(*) AS n FROM watch_listings WHERE brand IS NOT NULL "
+                    "GROUP BY brand ORDER BY n DESC, brand LIMIT 10"
+                ).fetchall()
+            )
+            last = conn.execute(
+                "SELECT last_error FROM whatsapp_messages WHERE last_error IS NOT NULL "
+                "ORDER BY COALESCE(next_attempt_at, received_at) DESC LIMIT 1"
+            ).fetchone()
+            stats.last_error = last[0] if last else None
+            return stats
+
+        return await self._run(_stats)
+
+    async def forget_sender(self, sender_id: str) -> int:
+        def _forget(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "DELETE FROM watch_listings WHERE message_id IN "
+                "(SELECT id FROM whatsapp_messages WHERE sender_id = ?)",
+                (sender_id,),
+            )
+            cursor = conn.execute("DELETE FROM whatsapp_messages WHERE sender_id = ?", (sender_id,))
+            conn.execute("COMMIT")
+            return cursor.rowcount
+
+        return await self._run(_forget)
+
+    async def record_notification(self, key: str) -> bool:
+        def _record(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO notifications (key, created_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, _now()),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(_record)
+
+
+def _fts_terms(query: str) -> list[str]:
+    """Quote each word so FTS5 syntax characters in user text are literal."""
+    words = [w for w in "".join(ch if ch.isalnum() else " " for ch in query).split() if len(w) > 1]
+    return [f'"{w}"' for w in words[:32]]
+
+
+def _embedding_text_from_row(row: sqlite3.Row) -> str:
+    from src.embedding_processor import embedding_text
+
+    return embedding_text(
+        message_type=row["message_type"],
+        brand=row["brand"],
+        model=row["model"],
+        reference=row["reference"],
+        price=row["price"],
+        currency=row["currency"],
+        condition=row["condition"],
+        year=row["year"],
+        text=row["text"],
+    )
