@@ -198,6 +198,11 @@ class Store(Protocol):
     async def search_keyword(self, query: str, filters: SearchFilters, limit: int) -> list[ListingHit]:
         """Full-text match on the listing's line and fields, within the filters."""
 
+    async def search_hybrid(
+        self, query: str, embedding: list[float], model: str, filters: SearchFilters, limit: int
+    ) -> list[ListingHit]:
+        """Vector and full-text rankings fused by reciprocal rank (RRF), within the filters."""
+
     async def list_listings(self, filters: SearchFilters, limit: int) -> list[ListingHit]:
         """Newest listings matching the filters (market statistics, alerts)."""
 
@@ -213,3 +218,24 @@ class Store(Protocol):
 
     async def record_notification(self, key: str) -> bool:
         """Remember that a reply/alert was sent; False when `key` was already recorded (never send twice)."""
+
+
+RRF_K = 60
+
+
+def rrf_fuse(vector_hits: list[ListingHit], keyword_hits: list[ListingHit], limit: int) -> list[ListingHit]:
+    """Reciprocal rank fusion: score = sum of 1 / (RRF_K + rank) over the rankings a listing appears in."""
+    fused: dict[int, ListingHit] = {}
+    scores: dict[int, float] = {}
+    for rank, hit in enumerate(vector_hits, start=1):
+        fused[hit.listing_id] = hit
+        hit.vector_score = hit.score
+        scores[hit.listing_id] = scores.get(hit.listing_id, 0.0) + 1.0 / (RRF_K + rank)
+    for rank, hit in enumerate(keyword_hits, start=1):
+        kept = fused.setdefault(hit.listing_id, hit)
+        kept.keyword_score = hit.score
+        scores[hit.listing_id] = scores.get(hit.listing_id, 0.0) + 1.0 / (RRF_K + rank)
+    ordered = sorted(fused.values(), key=lambda h: (-scores[h.listing_id], h.listing_id))[:limit]
+    for hit in ordered:
+        hit.score = scores[hit.listing_id]
+    return ordered

@@ -28,6 +28,7 @@ from src.store.base import (
     StoredMessage,
     StoreStats,
     StoreUnavailable,
+    rrf_fuse,
 )
 from src.watch_models import normalize_reference
 
@@ -595,7 +596,7 @@ class SQLiteStore:
         return await self._run(_search)
 
     async def search_keyword(self, query: str, filters: SearchFilters, limit: int) -> list[ListingHit]:
-        terms = [term for term in _fts_terms(query)]
+        terms = _fts_terms(query)
         if not terms or limit <= 0:
             return []
         match = " OR ".join(terms)
@@ -613,6 +614,14 @@ class SQLiteStore:
             return [_hit_from_row(tuple(row), -float(row[-1])) for row in rows]
 
         return await self._run(_search)
+
+    async def search_hybrid(
+        self, query: str, embedding: list[float], model: str, filters: SearchFilters, limit: int
+    ) -> list[ListingHit]:
+        depth = max(limit * 4, 40)
+        vector_hits = await self.search_vector(embedding, model, filters, depth)
+        keyword_hits = await self.search_keyword(query, filters, depth)
+        return rrf_fuse(vector_hits, keyword_hits, limit)
 
     async def list_listings(self, filters: SearchFilters, limit: int) -> list[ListingHit]:
         def _list(conn: sqlite3.Connection) -> list[ListingHit]:
@@ -654,7 +663,9 @@ class SQLiteStore:
     async def stats(self) -> StoreStats:
         def _stats(conn: sqlite3.Connection) -> StoreStats:
             stats = StoreStats()
-            for status, count in conn.execute("SELECT status, count(*) FROM whatsapp_messages GROUP BY status"):
+            for status, count in conn.execute(
+                "SELECT status, count(*) FROM whatsapp_messages GROUP BY status"
+            ):
                 setattr(stats, status, count)
                 stats.messages_total += count
             row = conn.execute(
