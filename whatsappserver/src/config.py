@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     SUPABASE_SERVICE_ROLE_KEY: str = ""
     SUPABASE_ANON_KEY: str = ""
     SQLITE_PATH: Path = DEFAULT_SQLITE_PATH
+    SQLITE_BUSY_TIMEOUT_SECONDS: float = 5.0
 
     # Worker
     WORKER_ENABLED: bool = True

@@ -30,4 +30,4 @@ def create_store(settings: Settings) -> Store:
         return SupabaseStore(settings.SUPABASE_URL, key, dimensions=settings.EMBEDDING_DIMENSIONS)
     from src.store.sqlite import SQLiteStore
 
-    return SQLiteStore(settings.SQLITE_PATH)
+    return SQLiteStore(settings.SQLITE_PATH, busy_timeout_seconds=settings.SQLITE_BUSY_TIMEOUT_SECONDS)

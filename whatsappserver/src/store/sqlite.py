@@ -261,8 +261,11 @@ class SQLiteStore:
 
     backend_name = "sqlite"
 
-    def __init__(self, path: Path | str, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: Path | str, *, synchronous: str = "FULL", busy_timeout_seconds: float = 5.0
+    ) -> None:
         self.path = Path(path)
+        self._busy_timeout = busy_timeout_seconds
         self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
@@ -293,12 +296,13 @@ class SQLiteStore:
     def _connect(self) -> None:
         if self.path != Path(":memory:"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=self._busy_timeout
+        )
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
         conn.executescript(SCHEMA)
         self._conn = conn
 
