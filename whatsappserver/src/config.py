@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     EMBEDDING_CONCURRENCY: int = 4
     EMBEDDING_TIMEOUT_SECONDS: float = 30.0
     EMBEDDING_MAX_RETRIES: int = 5
+    EMBEDDING_RETRY_BASE_SECONDS: float = 0.5  # first backoff of a request; doubles, with jitter
+    EMBEDDING_RETRY_MAX_SECONDS: float = 20.0  # longest backoff between two tries of one request
     CHAT_MODEL: str = "gpt-4o-mini"
 
     # Storage
@@ -64,6 +66,8 @@ class Settings(BaseSettings):
     WORKER_MAX_ATTEMPTS: int = 8
     WORKER_RETRY_BASE_SECONDS: float = 2.0
     WORKER_RETRY_MAX_SECONDS: float = 600.0
+    WORKER_CONCURRENCY: int = 2  # batches in flight: embedding one while the next is claimed and extracted
+    WORKER_BATCH_LINGER_SECONDS: float = 0.2  # wait this long for a short batch to fill: fewer, fuller calls
 
     # Search API
     SEARCH_API_KEY: str = ""
