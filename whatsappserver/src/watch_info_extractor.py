@@ -1,0 +1,1077 @@
+"""Turn one WhatsApp message from the watch trade into the facts a trader cares about (pure, no I/O).
+
+Main entry point:
+    extract_watch_info(text, rates=None) -> WatchInfo
+
+Small pure helpers, also used by search for query understanding:
+    find_brand(text) -> str | None                      first brand named or implied (alias, nickname, reference)
+    find_brands(text) -> list[str]                      every brand named or implied, in order, without repeats
+    find_references(text) -> list[tuple[str, str | None]]   (reference as written, upper-cased; brand or None)
+    parse_prices(text) -> list[tuple[float, str | None]]    (amount, ISO currency or None when unsaid)
+    canonical_model(text, brand=None) -> str | None     canonical model family named in the text ("sub" -> Submariner)
+    normalize_reference(ref) -> str                     upper case without spaces, dots, dashes and slashes
+    reference_info(ref) -> tuple[str | None, str | None]    (brand, family) the catalogue gives a reference
+    classify_message(text) -> MessageType               sale | wanted | question | trade | other
+
+Everything is regular expressions over a case- and accent-folded copy of the text (same length, so positions
+map back to the original) plus the catalogue in src/catalog; rapidfuzz only rescues misspelt brand and family
+names that failed the exact alias lookup.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from rapidfuzz import fuzz, process
+
+from src.catalog import CATALOG
+from src.fx import to_eur
+from src.watch_models import Condition, MessageType, Movement, WatchInfo, WatchListing
+
+__all__ = [
+    "Condition",
+    "MessageType",
+    "Movement",
+    "WatchInfo",
+    "WatchListing",
+    "canonical_model",
+    "classify_message",
+    "extract_watch_info",
+    "find_brand",
+    "find_brands",
+    "find_references",
+    "normalize_reference",
+    "parse_prices",
+    "reference_info",
+]
+
+MAX_TEXT_CHARS = 20_000  # longer input is cut: no real message is longer, and time stays bounded
+
+
+# ---------------------------------------------------------------- folding (same length as the input)
+def _build_fold_table() -> dict[int, str]:
+    table: dict[int, str] = {}
+    for cp in range(0x80, 0x250):
+        ch = chr(cp)
+        base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c)).lower()
+        if len(base) == 1 and base != ch:
+            table[cp] = base
+    for ch in "\u00a0\u202f\u2009\u2007\u200a\u2002\u2003\u3000":
+        table[ord(ch)] = " "
+    for ch in "\u2019\u2018\u02bc\u00b4\u2032":
+        table[ord(ch)] = "'"
+    for ch in "\u201c\u201d\u00ab\u00bb":
+        table[ord(ch)] = '"'
+    for ch in "\u2010\u2011\u2012\u2013\u2014\u2212":
+        table[ord(ch)] = "-"
+    table[ord("\u00df")] = "s"
+    return table
+
+
+_FOLD_TABLE = _build_fold_table()
+
+
+def _fold(text: str) -> str:
+    """Lower-case, strip accents, unify quotes/dashes/spaces; keeps every index aligned with `text`."""
+    folded = text.translate(_FOLD_TABLE).lower()
+    if len(folded) != len(text):  # rare characters whose lower case is longer (e.g. "İ")
+        folded = "".join(c if len(c.lower()) != 1 else c.lower() for c in text.translate(_FOLD_TABLE))
+    return folded
+
+
+_NORM_REF_RE = re.compile(r"[\s./\-]+")
+
+
+def normalize_reference(ref: str) -> str:
+    """Upper case without spaces, dots, dashes and slashes: the form references are compared in."""
+    return _NORM_REF_RE.sub("", ref.upper())
+
+
+# ---------------------------------------------------------------- prices
+_NUM = r"\d{1,3}(?:[ .,']\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,3})?"
+_CUR_PRE = r"us\$|usdt|usd|eur|euros?|chf|gbp|hk\$|hkd|aed|sgd|s\$|jpy|cad|aud|[$€£¥]"
+_CUR_POST = (
+    r"€|£|¥|\$(?![ ]?\d)|usdt\b|usd\b|eur\b|euros?\b|chf\b|gbp\b|hkd\b|aed\b|dhs?\b|dirhams?\b|sgd\b|jpy\b|yen\b"
+    r"|cad\b|aud\b|dollars?\b|bucks\b|francs?\b|pounds?\b|e(?![a-z])"
+)
+_PRICE_RE = re.compile(
+    rf"(?<![\w.,/$€£])(?:(?P<pre>{_CUR_PRE})[ ]?)?(?P<num>{_NUM})"
+    rf"(?:[ ]?(?P<mult>k(?![a-z])|m(?![a-z])|mio\b|mil\b|million\b)(?P<kd>\d{{1,3}}(?![\d.,]))?)?"
+    rf"(?:[ ]?(?:,-|\.-|\.--))?"
+    rf"(?:[ ]?(?P<post>{_CUR_POST}))?"
+)
+_PRICE_KEYWORD_RE = re.compile(rf"\b(?:prix|price|px|asking|budget|tarif|ask)\s*:?\s*(?P<num>{_NUM})(?![\d.,]*\s?(?:mm|k\b))")
+_GROUPED_RE = re.compile(r"^\d{1,3}(?:[ .,']\d{3})+(?:[.,]\d{1,2})?$")
+_CURRENCY_CODES = {
+    "$": "USD", "us$": "USD", "usd": "USD", "dollar": "USD", "dollars": "USD", "bucks": "USD",
+    "€": "EUR", "eur": "EUR", "euro": "EUR", "euros": "EUR", "e": "EUR",
+    "£": "GBP", "gbp": "GBP", "pound": "GBP", "pounds": "GBP",
+    "chf": "CHF", "franc": "CHF", "francs": "CHF",
+    "hkd": "HKD", "hk$": "HKD", "aed": "AED", "dh": "AED", "dhs": "AED", "dirham": "AED", "dirhams": "AED",
+    "sgd": "SGD", "s$": "SGD", "jpy": "JPY", "yen": "JPY", "¥": "JPY", "cad": "CAD", "aud": "AUD", "usdt": "USDT",
+}  # fmt: skip
+_SYMBOLS = {"$", "€", "£", "¥", "us$", "hk$", "s$"}
+_KARATS = {9.0, 10.0, 14.0, 18.0, 22.0, 24.0}
+_EXTRA_BEFORE_RE = re.compile(r"(?:\+|acompte|deposit|depot|port|shipping|envoi|frais|fee|label|dep|plus)\W{0,4}(?:de\W{0,3})?$")
+_EXTRA_AFTER_RE = re.compile(r"^\W{0,3}(?:de port|d'envoi|shipping|frais|pour reserver|deposit|de frais|fee)")
+
+
+@dataclass(slots=True)
+class _Price:
+    start: int
+    end: int
+    amount: float
+    currency: str | None
+    extra: bool  # shipping, deposit, "+ label": not the watch's asking price
+    scaled_k: bool
+
+
+def _parse_number(num: str, has_mult: bool) -> float | None:
+    """Read a dealer's number: '8.200' and '8 200' are thousands, '8,2' and '19.9' decimals."""
+    num = num.strip()
+    if _GROUPED_RE.match(num):
+        m = re.match(r"^(.*?)(?:[.,](\d{1,2}))?$", num)
+        assert m is not None
+        whole = re.sub(r"[ .,']", "", m.group(1))
+        frac = m.group(2)
+        if frac and m.group(1) and re.search(r"[ .,']\d{3}$", m.group(1)):
+            return float(f"{whole}.{frac}")
+        return float(re.sub(r"[ .,']", "", num))
+    if "." in num or "," in num:
+        whole, _, frac = num.replace(",", ".").partition(".")
+        if len(frac) == 3 and not has_mult:
+            return float(whole + frac)
+        return float(f"{whole}.{frac}")
+    return float(num)
+
+
+def _find_prices(folded: str) -> list[_Price]:
+    """Every price with a currency, a k/m multiplier or a price keyword, in text order."""
+    found: list[_Price] = []
+    for m in _PRICE_RE.finditer(folded):
+        pre, post, mult = m.group("pre"), m.group("post"), m.group("mult")
+        if not (pre or post or mult):
+            continue
+        num = m.group("num")
+        if post == "e" and (mult is None and m.start("post") != m.end("num")):
+            continue  # "3200e" only when glued
+        if post == "e" and mult is None and not re.fullmatch(r"\d{2,6}", num):
+            continue
+        amount = _parse_number(num, bool(mult))
+        if amount is None:
+            continue
+        code = None
+        if post:
+            code = _CURRENCY_CODES.get(post.strip().rstrip("s") if post not in _CURRENCY_CODES else post)
+            if code is None:
+                code = _CURRENCY_CODES.get(post.strip())
+        if pre:
+            pre_code = _CURRENCY_CODES.get(pre)
+            # "$840000 HKD": a code after the number names the currency more precisely than a symbol before.
+            if code is None or (post in _SYMBOLS and pre not in _SYMBOLS):
+                code = pre_code
+        if mult:
+            if mult.startswith("m") and code is None:
+                continue  # 300m is a depth
+            if mult == "k" and code is None and amount in _KARATS:
+                continue  # 18k is gold
+            factor = 1000.0 if mult == "k" else 1_000_000.0
+            kd = m.group("kd")
+            if kd:
+                amount = amount + int(kd) / (10 ** len(kd))
+            amount *= factor
+        elif code is None:
+            continue
+        if amount <= 0:
+            continue
+        if code is None and not mult:
+            continue
+        start, end = m.start(), m.end()
+        before = folded[max(0, start - 16) : start]
+        after = folded[end : end + 20]
+        extra = bool(_EXTRA_BEFORE_RE.search(before) or _EXTRA_AFTER_RE.search(after))
+        found.append(_Price(start, end, round(amount, 2), code, extra, False))
+    for m in _PRICE_KEYWORD_RE.finditer(folded):
+        s = m.start("num")
+        if any(p.start <= s < p.end for p in found):
+            continue
+        amount = _parse_number(m.group("num"), False)
+        if amount is None or amount < 50 or 1930 <= amount <= 2035:
+            continue
+        found.append(_Price(s, m.end("num"), amount, None, False, False))
+    found.sort(key=lambda p: p.start)
+    return found
+
+
+def parse_prices(text: str) -> list[tuple[float, str | None]]:
+    """Every price in the text as (amount, ISO currency or None), skipping years, sizes, karats and depths."""
+    folded = _fold(text[:MAX_TEXT_CHARS])
+    return [(p.amount, p.currency) for p in _find_prices(_mask_phones(folded))]
+
+
+# ---------------------------------------------------------------- phones and dates (never prices or references)
+_PHONE_RE = re.compile(
+    r"(?<![\w.,])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){3,}(?![\w])"
+    r"|(?<![\w.,])\+\d{8,14}(?!\w)|(?<!\w)\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}(?!\w)|<phone>"
+)
+
+
+def _mask_phones(folded: str) -> str:
+    """Blank out phone numbers so their digits are taken for nothing."""
+    if not any(ch.isdigit() for ch in folded) and "<phone>" not in folded:
+        return folded
+
+    def blank(m: re.Match[str]) -> str:
+        digits = sum(ch.isdigit() for ch in m.group())
+        if m.group() != "<phone>" and digits < 8:
+            return m.group()
+        return " " * len(m.group())
+
+    return _PHONE_RE.sub(blank, folded)
+
+
+# ---------------------------------------------------------------- references
+_REF_CANDIDATE_RE = re.compile(
+    r"(?<![\w/.\-])(?:(?P<pfx>rm|pam|ref|ref\.|reference|réf)[ ]?[:#.]?[ ]?-?)?"
+    r"(?P<tok>[a-z]{0,5}\d[a-z0-9]*(?:[./\-][a-z0-9]+)*)"
+)
+_UNIT_RE = re.compile(r"^(\d+)(MM|M|FT|K|KT|CT|G|PCS|PC|H|TH|ND|RD|X|AM|PM|S|MIN|HZ|ATM|BAR|MIL|L|CM|KM|J|Y|YR|YRS|ER|E|EME)$")
+_DATE_TOKEN_RE = re.compile(r"^N?\d{1,2}/\d{2,4}$")
+_CORE_RE = re.compile(r"^[A-Z]?\d{4,6}[A-Z]{0,6}")
+_SUFFIX_WORD_RE = re.compile(r"^[ ]([a-z]{2,5})(?![a-z0-9])")
+_LEAD_LETTERS_RE = re.compile(r"^[A-Z]+")
+_YEAR_MIN, _YEAR_MAX = 1930, 2030
+
+
+@dataclass(slots=True)
+class _Ref:
+    start: int
+    end: int
+    ref: str
+    brand: str | None
+    family: str | None
+    needs_context: bool  # a bare 4-digit number: only a reference if its brand is named nearby
+    exact: bool  # found in the catalogue (not only by shape)
+
+
+@lru_cache(maxsize=65536)
+def _lookup_reference(n: str, raw: str) -> tuple[tuple[str, str | None], ...]:
+    """Catalogue entries for a normalised reference, trying the spellings dealers shorten it to."""
+    refs = CATALOG.references
+    hit = refs.get(n)
+    if hit:
+        return hit
+    candidates: list[str] = []
+    if "-" in raw:
+        candidates.append(normalize_reference(raw.split("-", 1)[0]))
+    if "." in raw:
+        candidates.append(normalize_reference(raw.split(".", 1)[0]))
+    if n.startswith("PAM"):
+        digits = n[3:].split(".")[0]
+        if digits.isdigit():
+            candidates.append("PAM" + digits.zfill(5))
+    if n.startswith("M") and n[1:2].isdigit():
+        candidates.append(n[1:])
+    core = _CORE_RE.match(n)
+    if core:
+        candidates.append(core.group())
+    for key in candidates:
+        if len(key) >= 4 and key in refs:
+            return refs[key]
+    if len(n) >= 6:
+        keys = CATALOG.sorted_reference_keys
+        i = bisect.bisect_left(keys, n)
+        found: set[tuple[str, str | None]] = set()
+        while i < len(keys) and keys[i].startswith(n) and len(found) < 8:
+            found.update(refs[keys[i]])
+            i += 1
+        brands = {b for b, _ in found}
+        if len(brands) == 1:
+            families = {f for _, f in found}
+            return ((brands.pop(), families.pop() if len(families) == 1 else None),)
+    return ()
+
+
+def _family_by_prefix(brand: str, n: str) -> str | None:
+    table = CATALOG.prefix_families.get(brand)
+    if not table:
+        return None
+    for size in range(min(6, len(n)), 2, -1):
+        fam = table.get(n[:size])
+        if fam:
+            return fam
+    return None
+
+
+@lru_cache(maxsize=65536)
+def _classify_reference(raw: str, explicit: bool) -> tuple[str, str | None, str | None, bool, bool] | None:
+    """Decide whether a token is a reference: (ref, brand, family, needs_context, exact) or None."""
+    t = raw.upper().strip("./-")
+    n = normalize_reference(t)
+    digits = sum(ch.isdigit() for ch in n)
+    if len(n) < 3 or _DATE_TOKEN_RE.match(t):
+        return None
+    if digits < 3 and not (n.startswith("RM") and digits >= 2):
+        return None
+    if _UNIT_RE.match(n):
+        return None
+    hit = _lookup_reference(n, t)
+    if n.isdigit():
+        if len(n) == 4 and _YEAR_MIN <= int(n) <= _YEAR_MAX and not explicit:
+            return None
+        if len(n) <= 4:
+            if hit and len({b for b, _ in hit}) == 1:
+                return t, hit[0][0], hit[0][1], not explicit, True
+            return (t, None, None, False, False) if explicit and len(n) >= 3 else None
+        if hit:
+            brand, family = hit[0] if len(hit) == 1 else (None, None)
+            return t, brand, family, len(hit) > 1, True
+        if len(n) == 6:
+            brand = CATALOG.six_digit_prefix_brand.get(n[:3])
+            if brand:
+                return t, brand, _family_by_prefix(brand, n), False, False
+        return (t, None, None, False, False) if explicit else None
+    if n.isalpha():
+        return None
+    brand = family = None
+    exact = False
+    if hit:
+        exact = True
+        if len(hit) == 1:
+            brand, family = hit[0]
+        else:
+            brand = None
+    if brand is None and not hit:
+        for shape_brand, rx in CATALOG.ref_shapes:
+            if rx.match(t) or rx.match(n):
+                brand = shape_brand
+                break
+    if brand is not None and family is None:
+        family = _family_by_prefix(brand, n)
+    if brand is None and not hit and not explicit:
+        lead = _LEAD_LETTERS_RE.match(n)
+        if digits < 4 or len(n) < 5 or (lead and len(lead.group()) > 3):
+            return None
+        if re.fullmatch(r"\d{3}-\d{2}", t):
+            return None
+    return t, brand, family, False, exact
+
+
+def _find_refs(masked: str) -> list[_Ref]:
+    """Reference candidates in the phone- and price-masked folded text."""
+    out: list[_Ref] = []
+    for m in _REF_CANDIDATE_RE.finditer(masked):
+        tok = m.group("tok")
+        pfx = m.group("pfx")
+        explicit = bool(pfx and pfx.startswith("r") and pfx != "rm")
+        raw = tok
+        if pfx in ("rm", "pam"):
+            raw = pfx + tok
+        res = _classify_reference(raw, explicit)
+        if res is None:
+            continue
+        ref, brand, family, needs_context, exact = res
+        end = m.end()
+        if brand in (None, "Rolex") and ref.isdigit() and len(ref) >= 5:
+            sm = _SUFFIX_WORD_RE.match(masked[end : end + 7])
+            if sm and sm.group(1).upper() in CATALOG.rolex_suffixes:
+                ref += sm.group(1).upper()
+                end += sm.end()
+                if brand is None:
+                    brand = "Rolex"
+        start = m.start("tok") if pfx not in ("rm", "pam") else m.start()
+        out.append(_Ref(start, end, ref, brand, family, needs_context, exact))
+    return out
+
+
+def reference_info(ref: str) -> tuple[str | None, str | None]:
+    """(brand, family) the catalogue and the reference rules give a reference, e.g. '116610LN' -> Rolex, Submariner."""
+    res = _classify_reference(ref.strip().lower(), True)
+    if res is None:
+        return None, None
+    return res[1], res[2]
+
+
+# ---------------------------------------------------------------- brand / family aliases
+def _trie_regex(words: list[str]) -> str:
+    """One regular expression for many literals, shaped as a trie so matching stays fast."""
+    trie: dict = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = True
+
+    def emit(node: dict) -> str:
+        alts: list[str] = []
+        optional = False
+        for ch in sorted(node):
+            if ch == "":
+                optional = True
+                continue
+            piece = r"\s+" if ch == " " else re.escape(ch)
+            alts.append(piece + emit(node[ch]))
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if optional else body
+
+    return emit(trie)
+
+
+_ALIASES = CATALOG.aliases
+_ALIAS_RE = re.compile(r"(?<![a-z0-9])(?:" + _trie_regex(sorted(_ALIASES, key=len, reverse=True)) + r")(?![a-z0-9])")
+_WS_RE = re.compile(r"\s+")
+
+_FUZZY_CHOICES: dict[str, str] = {}
+for _key, _alias in _ALIASES.items():
+    if " " not in _key and _key.isalpha() and (len(_key) >= 5 if _alias.family is None else len(_key) >= 6):
+        _FUZZY_CHOICES[_key] = _key
+_FUZZY_STOPWORDS = frozenset(
+    "roles rolls model models modele omega's tudors close order cartel panel pilot pilots marine master "
+    "monaco mondo datum daily dates dated dating submarine seaside overseas oversea polar motor motors "
+    "latest lately laura later label labels lange range ranges orange change chance carte cartes carter "
+    "zenith zeniths heure heures heuer neuve neuves neuf state states stock stocks tissue rados radio "
+    "omelette homage hommage patent patek's audio audit pateks prices price prise prisé".split()
+)
+_WORD_RE = re.compile(r"[a-z]{5,14}")
+
+
+@lru_cache(maxsize=65536)
+def _fuzzy_alias(token: str) -> str | None:
+    """A misspelt brand or family name ('omaga', 'submarinr') -> its alias key, via rapidfuzz."""
+    if token in _FUZZY_STOPWORDS or token in _ALIASES:
+        return None
+    cutoff = 80 if len(token) <= 6 else 85
+    match = process.extractOne(token, _FUZZY_CHOICES, scorer=fuzz.ratio, score_cutoff=cutoff)
+    if match is None:
+        return None
+    key = match[2]
+    if key[0] != token[0] or abs(len(key) - len(token)) > 2:
+        return None
+    return key
+
+
+@dataclass(slots=True)
+class _Mention:
+    start: int
+    end: int
+    brand: str | None
+    family: str | None
+    weak: bool
+    ref: _Ref | None = None
+
+
+def _find_alias_mentions(folded: str, original: str, taken: list[tuple[int, int]]) -> list[_Mention]:
+    out: list[_Mention] = []
+
+    def overlaps(s: int, e: int) -> bool:
+        return any(s < te and ts < e for ts, te in taken)
+
+    for m in _ALIAS_RE.finditer(folded):
+        s, e = m.span()
+        if overlaps(s, e):
+            continue
+        key = _WS_RE.sub(" ", m.group())
+        alias = _ALIASES.get(key)
+        if alias is None:
+            continue
+        if alias.upper_only and not original[s:e].isupper():
+            continue
+        out.append(_Mention(s, e, alias.brand, alias.family, alias.weak))
+    covered = [(x.start, x.end) for x in out] + taken
+    for m in _WORD_RE.finditer(folded):
+        s, e = m.span()
+        if (s > 0 and folded[s - 1].isalnum()) or (e < len(folded) and folded[e].isalnum()):
+            continue
+        if any(s < ce and cs < e for cs, ce in covered):
+            continue
+        key = _fuzzy_alias(m.group())
+        if key is not None:
+            alias = _ALIASES[key]
+            out.append(_Mention(s, e, alias.brand, alias.family, True))
+    out.sort(key=lambda x: x.start)
+    return out
+
+
+# ---------------------------------------------------------------- attributes
+_CONDITION_RE = re.compile(
+    r"(?<![a-z])(?P<excellent>like[ -]?new|lnib|as new|comme neuve?s?|quasi[ -]neuve?s?|etat neuf|mint(?! green)|near mint"
+    r"|slider|retail ready|excellent|pristine|top condition|10/10|very good|tres tres bon etat)(?![a-z])"
+    r"|(?<![a-z])(?P<new>bnib|brand new|new|neuve?s?|neufs?|jamais portee?s?|never worn|unworn|non portee?|nos|n\d{1,2}/\d{2,4}"
+    r"|full stickers|stickers?|stickered)(?![a-z])"
+    r"|(?<![a-z])(?P<good>tbe|tres bon etat|bon etat|good condition|great condition|vgc|etat correct|be)(?![a-z])"
+    r"|(?<![a-z])(?P<used>used|pre-?owned|pre owned|preloved|pre|occasion|d'occasion|cpo|second hand|worn|portee?)(?![a-z])"
+    r"|(?<![a-z])(?P<vintage>vintage|ancienne)(?![a-z])"
+)
+_NOT_NEW_RE = re.compile(r"new (?:york|number|member|members|group|to |one|ones|arrival|arrivals|year|price)")
+_ALT_RE = re.compile(r"^\s*(?:or|ou|/|,)\s*$")
+
+_BOX_PAPERS_RE = re.compile(
+    r"(?P<none>naked|watch only|watch-only|montre seule|montre nue|head only|no box(?:,| or| and| ni| nor)? (?:no )?papers?|sans boite ni papiers)"
+    r"|(?P<papers_only>watch (?:and|&|\+|w/) ?(?:\d{4} )?(?:card|cards|papers?|warranty)|w/c\b|w/card|papers only|card only|set minus box|no box|sans boite|without box)"
+    r"|(?P<box_only>watch (?:and|&|\+) ?box|box only|no papers?|sans papiers?|without papers?|missing papers?|can'?t find papers?|papers? missing)"
+    r"|(?P<full>full[ -]?set|fullset|full complete set|complete set|compelte set|complete|complet|completes?|b ?& ?p|b\+p|bnp|boite (?:et|\+|&)? ?papiers?"
+    r"|box (?:and|&|\+) papers?|box papers|boite papiers|boite \+ carte|boite et carte|box (?:and|&|\+) cards?|(?<![a-z])fs(?![a-z])|bnib|lnib)"
+    r"|(?P<papers>cards?|carte|papers?|papiers|warranty|garantie)"
+    r"|(?P<box>box|boite|boxed)"
+)
+_FULL_SET_EXCEPT_RE = re.compile(r"full (?:factory|diamond) set|factory setting")
+_OK_AFTER_RE = re.compile(r"^\s*(?:ok|okay|accepted|acceptee?|possible|bienvenue?)\b")
+
+_YEAR_RE = re.compile(r"(?<![\w./\-$€£])(?P<y>19[3-9]\d|20[0-3]\d)(?![\w%]|[ ]?[+]|[ ]?-[ ]?(?:19|20)\d\d|/\d)")
+_MONTH_YEAR_RE = re.compile(
+    r"(?<![\w/.])(?:n)?(?:0?[1-9]|1[0-2])[/.-](?P<y>\d{2}|(?:19|20)\d\d)(?![\w/.])"
+    r"|(?:jan|feb|fev|mar|apr|avr|may|mai|jun|juin|jul|juil|aug|aout|sep|oct|nov|dec)[a-z]*\.? (?P<y2>(?:19|20)\d\d)(?!\d)"
+)
+_YEAR_RANGE_RE = re.compile(r"(?:19|20)\d\d\s?[-–]\s?(?:19|20)?\d\d|(?:19|20)\d\d\s?(?:\+|ou plus|or newer|and up|and newer|or later|ou plus recent|minimum|min\b)")
+_YEAR_SKIP_BEFORE_RE = re.compile(r"(?:revisee?|service[d]?|serviced in|entretien|polie?|polished|can be|depuis|since|annees|years?|yr)\W{0,3}(?:ap\W{0,2})?(?:en|in)?\W{0,2}$")
+_SIZE_RE = re.compile(r"(?<![\w.])(?P<s>[2-6]\d(?:[.,]\d)?)\s?mm(?![a-z])")
+_MOVEMENT_RE = re.compile(
+    r"(?<![a-z])(?P<automatic>automatic|automatique|auto|self[- ]winding|perpetual rotor|calibre auto)(?![a-z])"
+    r"|(?<![a-z])(?P<manual>manual|manuel|hand[- ]wound|hand[- ]winding|remontage manuel|handwound)(?![a-z])"
+    r"|(?<![a-z])(?P<quartz>quartz|quarz)(?![a-z])"
+)
+
+
+def _condition(span: str, original: str) -> Condition | None:
+    """The stated condition; None when the dealer offers alternatives ('new or like new')."""
+    hits: list[tuple[int, int, str]] = []
+    for m in _CONDITION_RE.finditer(span):
+        kind = m.lastgroup
+        word = m.group()
+        if kind == "new" and word == "new" and _NOT_NEW_RE.match(span, m.start()):
+            continue
+        if kind == "new" and word == "nos" and original[m.start() : m.end()] == "nos" and _looks_french(span):
+            continue
+        if kind == "good" and word == "be" and original[m.start() : m.end()] != "BE":
+            continue
+        if kind == "used" and word in ("pre", "worn", "porte", "portee") and not _near_watch_word(span, m):
+            continue
+        hits.append((m.start(), m.end(), kind or ""))
+    if not hits:
+        return None
+    kinds = [h[2] for h in hits]
+    if "vintage" in kinds:
+        return "vintage"
+    for (s1, e1, k1), (s2, _e2, k2) in zip(hits, hits[1:], strict=False):
+        if k1 != k2 and _ALT_RE.match(span[e1:s2]):
+            return None
+    return hits[0][2]  # type: ignore[return-value]
+
+
+def _near_watch_word(span: str, m: re.Match[str]) -> bool:
+    word = m.group()
+    if word == "pre":
+        return bool(re.match(r"\s*(?:complete|owned|loved|full|set|\d|-)", span[m.end() : m.end() + 10])) or m.end() == len(span)
+    if word in ("porte", "portee"):
+        return not re.search(r"(?:jamais|non|pas)\s*$", span[max(0, m.start() - 8) : m.start()])
+    return not re.search(r"(?:un|never|not)\s*$", span[max(0, m.start() - 7) : m.start()])
+
+
+def _box_papers(span: str) -> tuple[bool | None, bool | None]:
+    """(box, papers): True when said present, False when said absent, None when unsaid; absence wins."""
+    box: bool | None = None
+    papers: bool | None = None
+    for m in _BOX_PAPERS_RE.finditer(span):
+        kind = m.lastgroup
+        if _OK_AFTER_RE.match(span, m.end()):
+            continue
+        if kind == "full":
+            if _FULL_SET_EXCEPT_RE.match(span, m.start()) or (m.group() == "complete" and re.match(r"\s+(?:links?|bracelet)", span[m.end():m.end()+10])):
+                continue
+            if m.group() in ("bnib", "lnib"):
+                box = True if box is None else box
+                continue
+            box = True if box is None else box
+            papers = True if papers is None else papers
+        elif kind == "none":
+            box = papers = False
+        elif kind == "papers_only":
+            box = False
+            papers = True if papers is None else papers
+        elif kind == "box_only":
+            box = True if box is None else box
+            papers = False
+        elif kind == "papers":
+            papers = True if papers is None else papers
+        elif kind == "box":
+            box = True if box is None else box
+    return box, papers
+
+
+def _year(span: str) -> int | None:
+    """The production or card year: '2018', 'carte 2021', '05/2022', '4/25'; not ranges like '2019-2021'."""
+    ranges = [m.span() for m in _YEAR_RANGE_RE.finditer(span)]
+    best: tuple[int, int] | None = None
+    for m in _YEAR_RE.finditer(span):
+        if any(s <= m.start() < e for s, e in ranges):
+            continue
+        if _YEAR_SKIP_BEFORE_RE.search(span[max(0, m.start() - 22) : m.start()]):
+            continue
+        best = (m.start(), int(m.group("y")))
+        break
+    for m in _MONTH_YEAR_RE.finditer(span):
+        if any(s <= m.start() < e for s, e in ranges):
+            continue
+        raw = m.group("y") or m.group("y2")
+        if len(raw) == 2:
+            yy = int(raw)
+            year = 2000 + yy if yy <= 30 else 1900 + yy
+        else:
+            year = int(raw)
+        if not _YEAR_MIN <= year <= _YEAR_MAX:
+            continue
+        if best is None or m.start() < best[0]:
+            best = (m.start(), year)
+        break
+    return best[1] if best else None
+
+
+def _size(span: str) -> float | None:
+    m = _SIZE_RE.search(span)
+    return float(m.group("s").replace(",", ".")) if m else None
+
+
+def _movement(span: str) -> Movement | None:
+    m = _MOVEMENT_RE.search(span)
+    return m.lastgroup if m else None  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- message type
+_FRENCH_RE = re.compile(r"(?<![a-z])(?:je|vends|cherche|recherche|boite|papiers|etat|neuve?|avec|pour|une|des|dispo|montre|carte|prix|qui|sur)(?![a-z])")
+
+
+def _looks_french(folded: str) -> bool:
+    return len(_FRENCH_RE.findall(folded)) >= 2
+
+
+_INTENT_RE = re.compile(
+    r"(?P<sale_phrase>cherche (?:un |des )?acheteurs?|looking for (?:a )?buyers?|who wants|qui veut|(?<![a-z])a vendre|for sale)"
+    r"|(?<![a-z])(?P<trade>wtt|trade|trades|trading|swap|swaps|echange|echanger|exchange|troc|ft)(?![a-z])"
+    r"|(?P<question>vous en pensez|vous pensez|tu en penses|tu penses|c'est normal|c'est une vraie|c'est un vrai|est-ce (?:que|une vraie)"
+    r"|what do you think|thoughts on|thoughts\?|any thoughts|opinions?\b|avis\b|legit\b|real or fake|fake\?|authentic|authenticity|price check"
+    r"|(?<![a-z])pc\?|how much|combien|worth it|bon deal|good deal\?|quelqu'un a deja|anyone know|does anyone know|is it normal|which one|lequel)"
+    r"|(?<![a-z])(?P<wanted>wtb|iso|lf|lfs|ntq|need|needed|needs|looking for|look for|searching|seeking|cherche|recherche|recherchons|cherchons"
+    r"|je cherche|qui a|quelqu'un a (?:une?|des|la|le)|qqn a (?:une?|des)|anyone have|anyone got|anyone has|who has|who have|who got|want to buy|wanted|buying"
+    r"|j'achete|achete|confirmed order|sold order|confirm order|in search of|hunting|chasing)(?![a-z])"
+    r"|(?<![a-z])(?P<sale>wts|selling|sell|sale|vends|vend|vendre|vente|dispo|disponible|available|avail|incoming|in stock|have|stock|offering|on hand|ready to ship|for you|brand new in|retail ready|price drop|reduced|baisse)(?![a-z])"
+)
+_NEGATED_TRADE_RE = re.compile(r"(?:pas d'|no |pas de |sans |not |no more )$")
+_ACCESSORY_RE = re.compile(r"^\W*(?:a |an |this |the |some |un |une |des |ce |cette )?(?:\w+ ){0,3}?(?:strap|straps|buckle|boucle|clasp|bracelet|band|bezel insert|links?|maillons?|bracelets?|box|boite|pouch|tool|parts?|crown|dial only|movement only)\b")
+_FS_START_RE = re.compile(r"^\W*fs\b")
+_LEADING_FS_RE = re.compile(r"^\W*(?:fs|f/s)(?![a-z])")
+
+
+def _intent(folded: str) -> tuple[MessageType | None, int]:
+    """The first stated intent and where it is; None when the text states none."""
+    if _LEADING_FS_RE.match(folded):
+        return "sale", 0
+    for m in _INTENT_RE.finditer(folded):
+        kind = m.lastgroup
+        if kind == "sale_phrase":
+            return "sale", m.start()
+        if kind == "trade":
+            if _NEGATED_TRADE_RE.search(folded[max(0, m.start() - 8) : m.start()]):
+                continue
+            if m.group() == "ft" and not re.match(r"\s", folded[m.end() : m.end() + 1] or "x"):
+                continue
+            return "trade", m.start()
+        if kind == "wanted":
+            word = m.group()
+            if word in ("iso", "lf") and folded[m.start() - 1 : m.start()] in (".", "-"):
+                continue
+            if _ACCESSORY_RE.match(folded[m.end() : m.end() + 40]):
+                return "other", m.start()
+            return "wanted", m.start()
+        if kind == "question":
+            return "question", m.start()
+        if kind == "sale":
+            word = m.group()
+            if word in ("have", "stock", "sale") and not re.match(r"^\W*(?:have|stock)\W*$", folded):
+                # "have" alone is a dealer's answer ("Have"); inside a sentence it rarely states a sale
+                if word == "have" and not re.match(r"\s*(?:\d|a |an |one |this |new |bnib|mint)", folded[m.end() : m.end() + 8]):
+                    continue
+            return "sale", m.start()
+    return None, -1
+
+
+def classify_message(text: str) -> MessageType:
+    """sale | wanted | question | trade | other, from the message's own words."""
+    return extract_watch_info(text).message_type
+
+
+# ---------------------------------------------------------------- grouping mentions into watches
+@dataclass(slots=True)
+class _Group:
+    mentions: list[_Mention] = field(default_factory=list)
+    brand: str | None = None
+    brand_weak: bool = True
+    family: str | None = None
+    family_weak: bool = True
+    ref: _Ref | None = None
+    first_line: int = 0
+    last_line: int = 0
+    start: int = 0
+    counterpart: bool = False
+
+    def compatible(self, m: _Mention) -> bool:
+        if m.ref is not None:
+            if self.ref is not None:
+                return False
+            b = m.ref.brand
+            return b is None or self.brand is None or self.brand == b or self.brand_weak
+        if m.weak:
+            return True
+        if m.brand and self.brand and m.brand != self.brand and not self.brand_weak:
+            return False
+        if m.family and self.family and not self.family_weak and m.family != self.family:
+            return _family_related(self.family, m.family)
+        if m.brand and self.ref is not None and self.ref.brand and self.ref.brand != m.brand and self.ref.exact:
+            return False
+        return True
+
+    def add(self, m: _Mention, line: int) -> None:
+        if not self.mentions:
+            self.start = m.start
+            self.first_line = line
+        self.mentions.append(m)
+        self.last_line = line
+        if m.ref is not None:
+            self.ref = m.ref
+            if m.ref.brand and self.brand is None:
+                self.brand, self.brand_weak = m.ref.brand, True
+            return
+        if m.brand and (self.brand is None or (self.brand_weak and not m.weak)):
+            self.brand, self.brand_weak = m.brand, m.weak
+        if m.family and (self.family is None or (self.family_weak and not m.weak)):
+            self.family, self.family_weak = m.family, m.weak
+
+
+def _family_related(a: str, b: str) -> bool:
+    """'Royal Oak' and 'Royal Oak Offshore' may name one watch; 'Daytona' and 'Submariner' cannot."""
+    return a.startswith(b) or b.startswith(a)
+
+
+_LIST_MARK_RE = re.compile(r"^\s*(?:[-*•·>]|\d{1,2}[).]|[a-z][).])\s*")
+_COUNTER_RE = re.compile(r"(?:contre|against|for an?|vs|or|ou)\W*(?:une?|a|an|la|le|my|ma|mon)?\W*$")
+
+
+def _group_mentions(mentions: list[_Mention], line_starts: list[int], line_has_price: list[bool]) -> list[_Group]:
+    groups: list[_Group] = []
+    cur: _Group | None = None
+    for m in mentions:
+        line = bisect.bisect_right(line_starts, m.start) - 1
+        if cur is not None and line != cur.last_line:
+            if cur.ref is not None or any(line_has_price[cur.first_line : line]):
+                cur = None
+        if cur is None or not cur.compatible(m):
+            if cur is not None and m.weak and m.ref is None:
+                continue  # a nickname or vague word never starts a watch of its own next to another
+            cur = _Group()
+            groups.append(cur)
+        cur.add(m, line)
+    return [g for g in groups if g.ref is not None or g.family is not None or (g.brand is not None and not g.brand_weak)]
+
+
+# ---------------------------------------------------------------- the extractor
+@dataclass(slots=True)
+class _Attrs:
+    price: _Price | None = None
+    condition: Condition | None = None
+    year: int | None = None
+    size: float | None = None
+    movement: Movement | None = None
+    box: bool | None = None
+    papers: bool | None = None
+
+
+def _attrs(span_folded: str, span_original: str, prices: list[_Price], offset: int, end: int) -> _Attrs:
+    a = _Attrs()
+    for p in prices:
+        if offset <= p.start < end and not p.extra:
+            a.price = p
+            break
+    masked = span_folded
+    for p in prices:
+        if offset <= p.start < end:
+            s, e = p.start - offset, min(p.end, end) - offset
+            masked = masked[:s] + " " * (e - s) + masked[e:]
+    a.condition = _condition(masked, span_original)
+    a.year = _year(masked)
+    a.size = _size(masked)
+    a.movement = _movement(masked)
+    a.box, a.papers = _box_papers(masked)
+    return a
+
+
+def _mask_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    if not spans:
+        return text
+    chars = list(text)
+    for s, e in spans:
+        for i in range(s, min(e, len(chars))):
+            if chars[i] != "\n":
+                chars[i] = " "
+    return "".join(chars)
+
+
+def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Mention]]:
+    original = text[:MAX_TEXT_CHARS]
+    folded = _mask_phones(_fold(original))
+    prices = _find_prices(folded)
+    masked = _mask_spans(folded, [(p.start, p.end) for p in prices])
+    refs = _find_refs(masked)
+    taken = [(r.start, r.end) for r in refs]
+    aliases = _find_alias_mentions(masked, original, taken)
+    context_brands = {m.brand for m in aliases if m.brand}
+    mentions = [m for m in aliases]
+    for r in refs:
+        if r.needs_context and r.brand not in context_brands:
+            continue
+        mentions.append(_Mention(r.start, r.end, r.brand, r.family, False, r))
+    mentions.sort(key=lambda x: x.start)
+    # A price glued to a reference ("116610LN8200") cannot be both: keep the reference.
+    prices = [p for p in prices if not any(r.start <= p.start < r.end for r in refs)]
+    return original, folded, prices, refs, mentions
+
+
+def _scale_prices(prices: list[_Price], brands: set[str]) -> None:
+    """'$288.5' in a list of six-figure watches means 288,500: dealers drop the k."""
+    big = any(p.amount >= 10_000 for p in prices)
+    luxury = bool(brands & CATALOG.luxury_brands)
+    for p in prices:
+        if p.amount < 1000 and (luxury or big) and p.currency is not None and not p.extra:
+            p.amount = round(p.amount * 1000, 2)
+            p.scaled_k = True
+
+
+def extract_watch_info(text: str, rates: Mapping[str, float] | None = None) -> WatchInfo:
+    """Everything a trader cares about in one message; never raises on odd input."""
+    if not isinstance(text, str) or not text.strip():
+        return WatchInfo()
+    try:
+        return _extract(text, rates)
+    except (ValueError, IndexError, OverflowError, RecursionError):  # defensive: odd input must not break ingestion
+        return WatchInfo()
+
+
+def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
+    original, folded, prices, refs, mentions = _analyse(text)
+    line_starts = [0] + [i + 1 for i, ch in enumerate(original) if ch == "\n"]
+    n_lines = len(line_starts)
+    line_ends = [*(s - 1 for s in line_starts[1:]), len(original)]
+    line_has_price = [False] * n_lines
+    for p in prices:
+        if not p.extra:
+            line_has_price[bisect.bisect_right(line_starts, p.start) - 1] = True
+    # A header line ("Tudor neuves, carte 2024 :") states defaults for the list below it, not a watch.
+    header_lines = {
+        i for i in range(n_lines) if folded[line_starts[i] : line_ends[i]].rstrip().endswith(":") and not line_has_price[i]
+    }
+    default_brand: str | None = None
+    kept: list[_Mention] = []
+    for m in mentions:
+        line = bisect.bisect_right(line_starts, m.start) - 1
+        if line in header_lines and m.ref is None and n_lines > 1:
+            if m.brand and not m.weak and m.family is None:
+                default_brand = default_brand or m.brand
+                continue
+        kept.append(m)
+    groups = _group_mentions(kept, line_starts, line_has_price)
+
+    intent, _pos = _intent(folded)
+    has_question = "?" in folded
+    if intent == "other":
+        return WatchInfo(message_type="other", confidence=0.6, watches=[])
+    if intent is None:
+        substantive = any(g.ref is not None for g in groups) or any(not p.extra for p in prices)
+        if not groups or not substantive:
+            if groups and has_question:
+                intent = "question"
+            else:
+                return WatchInfo(message_type="other", confidence=0.5 if not groups else 0.4, watches=[])
+        else:
+            intent = "question" if has_question and not prices else "sale"
+
+    brands_in_msg = {g.brand for g in groups if g.brand} | ({default_brand} if default_brand else set())
+    _scale_prices(prices, brands_in_msg)
+    cur_counts = Counter(p.currency for p in prices if p.currency and not p.extra)
+    default_currency = cur_counts.most_common(1)[0][0] if cur_counts else None
+
+    # Which text belongs to which watch.
+    multi_line = len({g.first_line for g in groups}) > 1
+    spans: list[tuple[int, int]] = []
+    context: list[tuple[int, int]] = []
+    if len(groups) <= 1:
+        spans = [(0, len(original))]
+    else:
+        group_lines = {i for g in groups for i in range(g.first_line, g.last_line + 1)}
+        for gi, g in enumerate(groups):
+            first_on_line = gi == 0 or groups[gi - 1].last_line != g.first_line
+            start = line_starts[g.first_line] if first_on_line else g.start
+            if gi + 1 < len(groups):
+                nxt = groups[gi + 1]
+                end = g.start if False else (nxt.start if nxt.first_line == g.last_line else line_ends[g.last_line])
+                if nxt.first_line != g.last_line:
+                    # Price-only lines right after a watch line belong to it.
+                    li = g.last_line + 1
+                    while li < nxt.first_line and line_has_price[li] and li not in group_lines:
+                        end = line_ends[li]
+                        li += 1
+            else:
+                end = line_ends[g.last_line]
+                li = g.last_line + 1
+                while li < n_lines and (line_has_price[li] or not multi_line) and li not in header_lines:
+                    end = line_ends[li]
+                    li += 1
+            spans.append((start, end))
+            # Trade counterpart: "... contre PP Nautilus 5711/1A, ou vente 78k€": that watch is wanted in return.
+            if gi > 0 and not first_on_line and intent == "trade":
+                gap = folded[max(groups[gi - 1].start, g.start - 30) : g.start]
+                if _COUNTER_RE.search(gap):
+                    g.counterpart = True
+        covered = [False] * n_lines
+        for s, e in spans:
+            for li in range(bisect.bisect_right(line_starts, s) - 1, bisect.bisect_right(line_starts, max(s, e - 1))):
+                covered[li] = True
+        context = [(line_starts[i], line_ends[i]) for i in range(n_lines) if not covered[i]]
+
+    defaults = _Attrs()
+    for s, e in context:
+        a = _attrs(folded[s:e], original[s:e], [], s, e)
+        defaults.condition = defaults.condition or a.condition
+        defaults.year = defaults.year or a.year
+        for attr in ("box", "papers"):
+            val = getattr(a, attr)
+            if val is not None and (getattr(defaults, attr) is None or val is False):
+                setattr(defaults, attr, val)
+
+    watches: list[WatchListing] = []
+    confidences: list[float] = []
+    pending_attrs: _Attrs | None = None
+    for gi in range(len(groups) - 1, -1, -1):
+        g = groups[gi]
+        s, e = spans[gi] if len(groups) > 1 else spans[0]
+        a = _attrs(folded[s:e], original[s:e], prices, s, e)
+        if g.counterpart:
+            pending_attrs = a
+            a = _Attrs()
+        elif pending_attrs is not None:
+            a.price = a.price or pending_attrs.price
+            pending_attrs = None
+        watches.append(_listing(g, a, defaults, default_brand, default_currency, original[s:e], rates))
+        confidences.append(_confidence(g, a, intent))
+    watches.reverse()
+    confidences.reverse()
+    if len(groups) == 0:
+        return WatchInfo(message_type=intent, confidence=0.5, watches=[])
+    confidence = round(sum(confidences) / len(confidences), 3)
+    return WatchInfo(message_type=intent, confidence=min(0.99, max(0.0, confidence)), watches=watches)
+
+
+def _listing(
+    g: _Group,
+    a: _Attrs,
+    defaults: _Attrs,
+    default_brand: str | None,
+    default_currency: str | None,
+    line: str,
+    rates: Mapping[str, float] | None,
+) -> WatchListing:
+    brand = g.brand or default_brand
+    if brand is None and g.family:
+        brand = CATALOG.family_brand.get(g.family)
+    family = g.family
+    ref = g.ref
+    if ref is not None and ref.family and (ref.brand is None or ref.brand == brand):
+        family = ref.family
+    elif ref is not None and ref.brand and ref.brand == brand and ref.family is None and ref.exact:
+        family = g.family if not g.family_weak else g.family
+    if brand and family and CATALOG.family_brand.get(family, brand) != brand and ref is None:
+        family = family if g.brand is None else family
+    if brand == "Richard Mille":
+        family = None
+    price = a.price.amount if a.price else None
+    currency = (a.price.currency or default_currency) if a.price else None
+    return WatchListing(
+        brand=brand,
+        model=family,
+        reference=ref.ref if ref else None,
+        price=price,
+        currency=currency,
+        price_eur=to_eur(price, currency, rates),
+        condition=a.condition or defaults.condition,
+        year=a.year or defaults.year,
+        size_mm=a.size,
+        movement=a.movement,
+        box=a.box if a.box is not None else defaults.box,
+        papers=a.papers if a.papers is not None else defaults.papers,
+        text=line.strip(),
+    )
+
+
+def _confidence(g: _Group, a: _Attrs, intent: str | None) -> float:
+    """High when brand, reference and price agree; lower as facts go missing or only rest on shape."""
+    score = 0.3
+    if g.brand:
+        score += 0.15 if not g.brand_weak else 0.1
+    if g.ref is not None:
+        score += 0.15 if g.ref.exact else 0.1
+        if g.ref.brand and g.brand and g.ref.brand == g.brand:
+            score += 0.1
+    if g.family:
+        score += 0.05
+    if a.price is not None:
+        score += 0.15
+    if intent in ("sale", "wanted", "trade"):
+        score += 0.05
+    return min(0.99, score)
+
+
+# ---------------------------------------------------------------- helpers for search
+def find_brands(text: str) -> list[str]:
+    """Every brand named (alias, typo, nickname, family) or implied by a reference, in order, no repeats."""
+    _original, _folded, _prices, _refs, mentions = _analyse(text)
+    seen: list[str] = []
+    for m in mentions:
+        brand = m.brand or (CATALOG.family_brand.get(m.family) if m.family else None)
+        if brand and brand not in seen:
+            seen.append(brand)
+    return seen
+
+
+def find_brand(text: str) -> str | None:
+    """The first brand named or implied in the text ('qui cherche une Daytona' -> Rolex)."""
+    brands = find_brands(text)
+    return brands[0] if brands else None
+
+
+def find_references(text: str) -> list[tuple[str, str | None]]:
+    """References in the text as (reference upper-cased as written, brand or None)."""
+    _original, _folded, _prices, refs, mentions = _analyse(text)
+    named = {m.brand for m in mentions if m.brand}
+    return [(r.ref, r.brand) for r in refs if not r.needs_context or r.brand in named]
+
+
+def canonical_model(text: str, brand: str | None = None) -> str | None:
+    """The canonical model family named in the text ('sub' -> Submariner, 'Pepsi' -> GMT-Master II)."""
+    _original, _folded, _prices, _refs, mentions = _analyse(text)
+    fallback: str | None = None
+    for m in mentions:
+        family = m.family or (m.ref.family if m.ref else None)
+        if not family:
+            continue
+        fam_brand = m.brand or CATALOG.family_brand.get(family)
+        if brand is not None and fam_brand != brand:
+            continue
+        if not m.weak:
+            return family
+        fallback = fallback or family
+    return fallback
