@@ -2,6 +2,12 @@
 
 It runs as an asyncio task in the server (and in `import-chat`). On Postgres several instances can run
 against one queue: claims are leased with FOR UPDATE SKIP LOCKED, so no message is processed twice.
+
+Throughput comes from batching, not from calls: a short batch lingers a moment to fill (a burst of webhooks
+becomes one embedding call), and up to `concurrency` batches are in flight, so one is embedded while the next
+is claimed and extracted. When embedding fails (an outage, a rate limit that outlasts the retries), the
+failed batch's messages get attempts+1 and a backoff, and the worker pauses and then probes with one batch at a
+time, so the rest of the queue waits as pending with its attempts untouched instead of burning them.
 """
 
 from __future__ import annotations
@@ -9,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from src.embedding_processor import Embedder, embedding_text
+from src.embedding_processor import Embedder, embedding_text, redact
 from src.stats import RuntimeStats
 from src.store.base import ListingRecord, Store, StoredMessage
 from src.watch_info_extractor import extract_watch_info
@@ -31,6 +38,16 @@ class WorkerSettings:
     max_attempts: int = 8
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
+    concurrency: int = 2
+    linger_seconds: float = 0.2
+    # Longest pause of the whole worker after failed batches (a message's own backoff can be longer).
+    pause_max_seconds: float = 30.0
+    # stop() waits this long for batches in flight, then cancels them (their leases expire; nothing is lost).
+    stop_timeout_seconds: float = 10.0
+
+
+# Extraction runs on the event loop; yield after this much CPU so webhook acks are not held up.
+EXTRACT_SLICE_SECONDS = 0.005
 
 
 def listings_for(message: StoredMessage, info: WatchInfo) -> list[ListingRecord]:
@@ -93,13 +110,18 @@ class Pipeline:
         self.rates = dict(rates) if rates else None
         self.hooks: list[ProcessedHook] = []
         self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        # Consecutive batches whose embedding failed: > 0 means pause, then probe one batch at a time.
+        self.consecutive_failures = 0
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._stopping = False
+        self._stop_event.clear()
         self._task = asyncio.create_task(self.run_forever(), name="pipeline-worker")
 
     @property
@@ -111,27 +133,112 @@ class Pipeline:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Finish the batch in hand, then return (its messages are never half-written)."""
+        """Finish the batches in hand (bounded wait), then return; a batch is never half-written."""
         self._stopping = True
+        self._stop_event.set()
         self._wake.set()
         if self._task is not None:
             await self._task
             self._task = None
 
     async def run_forever(self) -> None:
-        while not self._stopping:
-            try:
-                done = await self.run_once()
-            except Exception:  # the store is down or a bug: keep the worker alive, retry soon
-                self.runtime.errors += 1
-                log.exception("worker batch failed; retrying")
-                done = 0
-            if done == 0 and not self._stopping:
+        slots = asyncio.Semaphore(max(1, self.settings.concurrency))
+        try:
+            while not self._stopping:
+                if self.consecutive_failures:
+                    await self._pause_after_failures()
+                    if self._stopping:
+                        break
+                if not await self._acquire_unless_stopped(slots):
+                    break
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_seconds)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
+                    messages = await self._claim_batch() if not self._stopping else []
+                except Exception:  # the store is down or a bug: keep the worker alive, retry soon
+                    self.runtime.errors += 1
+                    log.exception("worker claim failed; retrying")
+                    messages = []
+                if not messages:
+                    slots.release()
+                    await self._idle()
+                    continue
+                task = asyncio.create_task(self._process_in_slot(messages, slots), name="pipeline-batch")
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        finally:
+            await self._finish_in_flight()
+
+    async def _process_in_slot(self, messages: list[StoredMessage], slots: asyncio.Semaphore) -> None:
+        try:
+            await self.process(messages)
+        except Exception:  # the store failed mid-batch: the claims expire and the messages come back
+            self.runtime.errors += 1
+            log.exception("worker batch of %d messages failed; they return after their lease", len(messages))
+        finally:
+            slots.release()
+
+    async def _finish_in_flight(self) -> None:
+        if not self._in_flight:
+            return
+        pending = set(self._in_flight)
+        _, not_done = await asyncio.wait(pending, timeout=self.settings.stop_timeout_seconds)
+        for task in not_done:
+            task.cancel()
+        if not_done:
+            log.warning("stopped with %d batch(es) unfinished; their messages stay queued", len(not_done))
+            await asyncio.gather(*not_done, return_exceptions=True)
+
+    async def _idle(self) -> None:
+        """Wait for a wake-up or the next poll."""
+        if self._stopping:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_seconds)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _acquire_unless_stopped(self, slots: asyncio.Semaphore) -> bool:
+        """Take a batch slot, or give up when stop() is called (a batch in flight may be retrying for long)."""
+        acquire = asyncio.ensure_future(slots.acquire())
+        stopped = asyncio.ensure_future(self._stop_event.wait())
+        done, _ = await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if acquire in done:
+            if self._stopping:
+                slots.release()
+                return False
+            return True
+        acquire.cancel()
+        return False
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), timeout=max(0.0, seconds))
+        except TimeoutError:
+            pass
+
+    async def _pause_after_failures(self) -> None:
+        """After failed batches: let the batches in flight end, back off, then go on one batch at a time."""
+        while self._in_flight and not self._stopping:
+            stopped = asyncio.ensure_future(self._stop_event.wait())
+            await asyncio.wait({*self._in_flight, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+        if not self.consecutive_failures:
+            return
+        ceiling = min(
+            self.settings.pause_max_seconds,
+            self.settings.retry_base_seconds * 2 ** (self.consecutive_failures - 1),
+        )
+        await self._sleep_unless_stopped(ceiling * random.uniform(0.8, 1.0))
+
+    async def _claim_batch(self) -> list[StoredMessage]:
+        """Claim a batch; a short one lingers briefly for the rest of a burst, so one call embeds it all."""
+        size = self.settings.batch_size
+        messages = await self.store.claim_pending(size, self.settings.lease_seconds)
+        if messages and len(messages) < size and self.settings.linger_seconds > 0 and not self._stopping:
+            await self._sleep_unless_stopped(self.settings.linger_seconds)
+            messages += await self.store.claim_pending(size - len(messages), self.settings.lease_seconds)
+        return messages
 
     async def drain(self, timeout: float | None = None) -> None:
         """Process until nothing is due (CLI import, tests)."""
@@ -153,7 +260,11 @@ class Pipeline:
 
     async def process(self, messages: list[StoredMessage]) -> None:
         extracted: list[tuple[StoredMessage, WatchInfo, list[ListingRecord]]] = []
+        slice_started = time.perf_counter()
         for message in messages:
+            if time.perf_counter() - slice_started > EXTRACT_SLICE_SECONDS:
+                await asyncio.sleep(0)
+                slice_started = time.perf_counter()
             try:
                 info = extract_watch_info(message.text, self.rates)
             except Exception as exc:  # extraction is pure; a crash is a bug, never a lost message
@@ -166,15 +277,20 @@ class Pipeline:
         if listings:
             try:
                 vectors = await self.embedder.embed_batch([listing_embedding_text(x) for x in listings])
-                self.runtime.embedding_calls += 1
+                if len(vectors) != len(listings):
+                    raise RuntimeError(f"embedder returned {len(vectors)} vectors for {len(listings)} texts")
             except Exception as exc:
-                error = f"embedding: {type(exc).__name__}: {exc}"
+                self._count_embedding_calls()
+                error = redact(f"embedding: {type(exc).__name__}: {exc}")[:500]
+                self.consecutive_failures += 1
                 self.runtime.embedding_errors += 1
-                self.runtime.last_embedding_error = error[:500]
+                self.runtime.last_embedding_error = error
                 log.warning("embedding failed for a batch of %d messages: %s", len(extracted), error)
                 for message, _, _ in extracted:
                     await self._record_failure(message, error)
                 return
+            self._count_embedding_calls()
+            self.consecutive_failures = 0
             for listing, vector in zip(listings, vectors, strict=True):
                 listing.embedding = vector
                 listing.embedding_model = self.embedder.model_name
@@ -188,6 +304,14 @@ class Pipeline:
                 except Exception:  # a reply that fails must not undo the stored work
                     self.runtime.errors += 1
                     log.exception("post-processing hook failed for message %s", message.id)
+
+    def _count_embedding_calls(self) -> None:
+        """Requests made to the embedding service, as the embedder counts them (one batch may be several)."""
+        made = getattr(self.embedder, "requests", None)
+        if isinstance(made, int) and made > 0:
+            self.runtime.embedding_calls = made
+        else:
+            self.runtime.embedding_calls += 1
 
     async def _record_failure(self, message: StoredMessage, error: str) -> None:
         attempts = message.attempts + 1
