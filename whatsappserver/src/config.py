@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     # Replies on WhatsApp
     AUTO_REPLY: bool = False
     ALERTS: bool = False
+    # The business number as Meta displays it (digits): a message "from" it is ours and never answered.
+    WHATSAPP_BUSINESS_NUMBER: str = ""
+    GRAPH_API_TIMEOUT_SECONDS: float = 10.0
+    GRAPH_API_MAX_RETRIES: int = 4
+    REPLY_MAX_MATCHES: int = 5
+    # A wanted listing stays open for alerts this long after it was posted.
+    ALERT_WANTED_MAX_AGE_DAYS: int = 30
 
     # Currency conversion: EUR value of one unit, overriding the dated default table in src/fx.py.
     FX_RATES_EUR: dict[str, float] = Field(default_factory=dict)
