@@ -119,7 +119,7 @@ _CURRENCY_CODES = {
 _SYMBOLS = {"$", "€", "£", "¥", "us$", "hk$", "s$"}
 _KARATS = {9.0, 10.0, 14.0, 18.0, 22.0, 24.0}
 _EXTRA_BEFORE_RE = re.compile(r"(?:\+|acompte|deposit|depot|port|shipping|envoi|frais|fee|label|dep|plus)\W{0,4}(?:de\W{0,3})?$")
-_EXTRA_AFTER_RE = re.compile(r"^\W{0,3}(?:de port|d'envoi|shipping|frais|pour reserver|deposit|de frais|fee)")
+_EXTRA_AFTER_RE = re.compile(r"^\s{0,2}(?:de port|d'envoi|shipping|pour reserver|deposit|de frais|fee)")
 
 
 @dataclass(slots=True)
@@ -217,8 +217,9 @@ def parse_prices(text: str) -> list[tuple[float, str | None]]:
 
 # ---------------------------------------------------------------- phones and dates (never prices or references)
 _PHONE_RE = re.compile(
-    r"(?<![\w.,])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){3,}(?![\w])"
-    r"|(?<![\w.,])\+\d{8,14}(?!\w)|(?<!\w)\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}(?!\w)|<phone>"
+    r"(?<![\w.,/])\+\d{1,3}[ .-]?\(?\d{1,4}\)?(?:[ .-]?\d{2,4}){2,5}(?![\w/])"
+    r"|(?<![\w.,/])0\d(?:[ .-]?\d{2}){4}(?![\w/])"
+    r"|(?<![\w.,/])\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?![\w/])|<phone>"
 )
 
 
@@ -238,10 +239,10 @@ def _mask_phones(folded: str) -> str:
 
 # ---------------------------------------------------------------- references
 _REF_CANDIDATE_RE = re.compile(
-    r"(?<![\w/.\-])(?:(?P<pfx>rm|pam|ref|ref\.|reference|réf)[ ]?[:#.]?[ ]?-?)?"
+    r"(?<![\w/.])(?<!\w-)(?:(?P<pfx>rm|pam|ref|ref\.|reference|réf)[ ]?[:#.]?[ ]?-?)?"
     r"(?P<tok>[a-z]{0,5}\d[a-z0-9]*(?:[./\-][a-z0-9]+)*)"
 )
-_UNIT_RE = re.compile(r"^(\d+)(MM|M|FT|K|KT|CT|G|PCS|PC|H|TH|ND|RD|X|AM|PM|S|MIN|HZ|ATM|BAR|MIL|L|CM|KM|J|Y|YR|YRS|ER|E|EME)$")
+_UNIT_RE = re.compile(r"^(\d+)(MM|M|FT|K|KT|CT|PCS|PC|H|TH|ND|RD|X|AM|PM|S|MIN|HZ|ATM|BAR|MIL|L|CM|KM|J|Y|YR|YRS|ER|E|EME)$")
 _DATE_TOKEN_RE = re.compile(r"^N?\d{1,2}/\d{2,4}$")
 _CORE_RE = re.compile(r"^[A-Z]?\d{4,6}[A-Z]{0,6}")
 _SUFFIX_WORD_RE = re.compile(r"^[ ]([a-z]{2,5})(?![a-z0-9])")
@@ -261,13 +262,15 @@ class _Ref:
 
 
 @lru_cache(maxsize=65536)
-def _lookup_reference(n: str, raw: str) -> tuple[tuple[str, str | None], ...]:
-    """Catalogue entries for a normalised reference, trying the spellings dealers shorten it to."""
+def _lookup_reference(n: str, raw: str) -> tuple[tuple[tuple[str, str | None], ...], bool]:
+    """Catalogue entries for a normalised reference and whether the whole reference matched (not a shortening)."""
     refs = CATALOG.references
     hit = refs.get(n)
     if hit:
-        return hit
+        return hit, True
     candidates: list[str] = []
+    if "/" in raw:
+        candidates.append(normalize_reference(raw.split("/", 1)[0]))
     if "-" in raw:
         candidates.append(normalize_reference(raw.split("-", 1)[0]))
     if "." in raw:
@@ -281,9 +284,9 @@ def _lookup_reference(n: str, raw: str) -> tuple[tuple[str, str | None], ...]:
     core = _CORE_RE.match(n)
     if core:
         candidates.append(core.group())
-    for key in candidates:
+    for i, key in enumerate(candidates):
         if len(key) >= 4 and key in refs:
-            return refs[key]
+            return refs[key], i < len(candidates) - (1 if core else 0) and not key.isdigit()
     if len(n) >= 6:
         keys = CATALOG.sorted_reference_keys
         i = bisect.bisect_left(keys, n)
@@ -294,8 +297,8 @@ def _lookup_reference(n: str, raw: str) -> tuple[tuple[str, str | None], ...]:
         brands = {b for b, _ in found}
         if len(brands) == 1:
             families = {f for _, f in found}
-            return ((brands.pop(), families.pop() if len(families) == 1 else None),)
-    return ()
+            return ((brands.pop(), families.pop() if len(families) == 1 else None),), True
+    return (), False
 
 
 def _family_by_prefix(brand: str, n: str) -> str | None:
@@ -319,10 +322,17 @@ def _classify_reference(raw: str, explicit: bool) -> tuple[str, str | None, str 
         return None
     if digits < 3 and not (n.startswith("RM") and digits >= 2):
         return None
-    if _UNIT_RE.match(n):
+    hit, full = _lookup_reference(n, t)
+    unit = _UNIT_RE.match(n)
+    if unit and not (hit and full) and (len(unit.group(1)) <= 4 or unit.group(2) in ("MM", "M", "K", "KT", "CT", "PCS", "ATM", "BAR")):
         return None
-    hit = _lookup_reference(n, t)
-    if n.isdigit():
+    if n.isdigit() and n != t and len(n) >= 6:
+        n_digits_only = False
+    else:
+        n_digits_only = n.isdigit()
+    if re.fullmatch(r"(?:19|20)\d\d[-/](?:19|20)?\d\d", t):
+        return None
+    if n_digits_only:
         if len(n) == 4 and _YEAR_MIN <= int(n) <= _YEAR_MAX and not explicit:
             return None
         if len(n) <= 4:
@@ -339,10 +349,12 @@ def _classify_reference(raw: str, explicit: bool) -> tuple[str, str | None, str 
         return (t, None, None, False, False) if explicit else None
     if n.isalpha():
         return None
+    if unit and not hit:
+        return None
     brand = family = None
     exact = False
     if hit:
-        exact = True
+        exact = full
         if len(hit) == 1:
             brand, family = hit[0]
         else:
@@ -515,7 +527,8 @@ _ALT_RE = re.compile(r"^\s*(?:or|ou|/|,)\s*$")
 
 _BOX_PAPERS_RE = re.compile(
     r"(?P<none>naked|watch only|watch-only|montre seule|montre nue|head only|no box(?:,| or| and| ni| nor)? (?:no )?papers?|sans boite ni papiers)"
-    r"|(?P<papers_only>watch (?:and|&|\+|w/) ?(?:\d{4} )?(?:card|cards|papers?|warranty)|w/c\b|w/card|papers only|card only|set minus box|no box|sans boite|without box)"
+    r"|(?P<papers_only>watch (?:and|&|\+|w/) ?(?:\d{4} )?(?:card|cards|papers?|warranty)|minus (?:the )?box|w/c\b|w/card|papers only|card only|set minus box|no box|sans boite|without box)"
+    r"|(?P<nobox>watch (?:and|&|\+) ?archives?)"
     r"|(?P<box_only>watch (?:and|&|\+) ?box|box only|no papers?|sans papiers?|without papers?|missing papers?|can'?t find papers?|papers? missing)"
     r"|(?P<full>full[ -]?set|fullset|full complete set|complete set|compelte set|complete|complet|completes?|b ?& ?p|b\+p|bnp|boite (?:et|\+|&)? ?papiers?"
     r"|box (?:and|&|\+) papers?|box papers|boite papiers|boite \+ carte|boite et carte|box (?:and|&|\+) cards?|(?<![a-z])fs(?![a-z])|bnib|lnib)"
@@ -523,11 +536,11 @@ _BOX_PAPERS_RE = re.compile(
     r"|(?P<box>box|boite|boxed)"
 )
 _FULL_SET_EXCEPT_RE = re.compile(r"full (?:factory|diamond) set|factory setting")
-_OK_AFTER_RE = re.compile(r"^\s*(?:ok|okay|accepted|acceptee?|possible|bienvenue?)\b")
+_OK_AFTER_RE = re.compile(r"\s*(?:ok|okay|accepted|acceptee?|possible|bienvenue?)\b")
 
 _YEAR_RE = re.compile(r"(?<![\w./\-$€£])(?P<y>19[3-9]\d|20[0-3]\d)(?![\w%]|[ ]?[+]|[ ]?-[ ]?(?:19|20)\d\d|/\d)")
 _MONTH_YEAR_RE = re.compile(
-    r"(?<![\w/.])(?:n)?(?:0?[1-9]|1[0-2])[/.-](?P<y>\d{2}|(?:19|20)\d\d)(?![\w/.])"
+    r"(?<![\w/.])(?:n)?(?:0?[1-9]|1[0-2])(?:/(?P<y>\d{2}|(?:19|20)\d\d)|[.](?P<y3>(?:19|20)\d\d))(?![\w/.])"
     r"|(?:jan|feb|fev|mar|apr|avr|may|mai|jun|juin|jul|juil|aug|aout|sep|oct|nov|dec)[a-z]*\.? (?P<y2>(?:19|20)\d\d)(?!\d)"
 )
 _YEAR_RANGE_RE = re.compile(r"(?:19|20)\d\d\s?[-–]\s?(?:19|20)?\d\d|(?:19|20)\d\d\s?(?:\+|ou plus|or newer|and up|and newer|or later|ou plus recent|minimum|min\b)")
@@ -553,6 +566,8 @@ def _condition(span: str, original: str) -> Condition | None:
         if kind == "good" and word == "be" and original[m.start() : m.end()] != "BE":
             continue
         if kind == "used" and word in ("pre", "worn", "porte", "portee") and not _near_watch_word(span, m):
+            continue
+        if _OK_AFTER_RE.match(span, m.end()):
             continue
         hits.append((m.start(), m.end(), kind or ""))
     if not hits:
@@ -593,6 +608,8 @@ def _box_papers(span: str) -> tuple[bool | None, bool | None]:
             papers = True if papers is None else papers
         elif kind == "none":
             box = papers = False
+        elif kind == "nobox":
+            box = False
         elif kind == "papers_only":
             box = False
             papers = True if papers is None else papers
@@ -620,7 +637,7 @@ def _year(span: str) -> int | None:
     for m in _MONTH_YEAR_RE.finditer(span):
         if any(s <= m.start() < e for s, e in ranges):
             continue
-        raw = m.group("y") or m.group("y2")
+        raw = m.group("y") or m.group("y2") or m.group("y3")
         if len(raw) == 2:
             yy = int(raw)
             year = 2000 + yy if yy <= 30 else 1900 + yy
@@ -659,10 +676,11 @@ _INTENT_RE = re.compile(
     r"|what do you think|thoughts on|thoughts\?|any thoughts|opinions?\b|avis\b|legit\b|real or fake|fake\?|authentic|authenticity|price check"
     r"|(?<![a-z])pc\?|how much|combien|worth it|bon deal|good deal\?|quelqu'un a deja|anyone know|does anyone know|is it normal|which one|lequel)"
     r"|(?<![a-z])(?P<wanted>wtb|iso|lf|lfs|ntq|need|needed|needs|looking for|look for|searching|seeking|cherche|recherche|recherchons|cherchons"
-    r"|je cherche|qui a|quelqu'un a (?:une?|des|la|le)|qqn a (?:une?|des)|anyone have|anyone got|anyone has|who has|who have|who got|want to buy|wanted|buying"
+    r"|je cherche|qui a|quelqu'un a (?:une?|des)|qqn a (?:une?|des)|anyone have|anyone got|anyone has|who has|who have|who got|want to buy|wanted|buying"
     r"|j'achete|achete|confirmed order|sold order|confirm order|in search of|hunting|chasing)(?![a-z])"
     r"|(?<![a-z])(?P<sale>wts|selling|sell|sale|vends|vend|vendre|vente|dispo|disponible|available|avail|incoming|in stock|have|stock|offering|on hand|ready to ship|for you|brand new in|retail ready|price drop|reduced|baisse)(?![a-z])"
 )
+_PRICE_BEFORE_RE = re.compile(r"\d(?:k|[ ]?[$€£])|[$€£][ ]?\d|\d[.]\s|\d{4,}")
 _NEGATED_TRADE_RE = re.compile(r"(?:pas d'|no |pas de |sans |not |no more )$")
 _ACCESSORY_RE = re.compile(r"^\W*(?:a |an |this |the |some |un |une |des |ce |cette )?(?:\w+ ){0,3}?(?:strap|straps|buckle|boucle|clasp|bracelet|band|bezel insert|links?|maillons?|bracelets?|box|boite|pouch|tool|parts?|crown|dial only|movement only)\b")
 _FS_START_RE = re.compile(r"^\W*fs\b")
@@ -685,6 +703,8 @@ def _intent(folded: str) -> tuple[MessageType | None, int]:
             return "trade", m.start()
         if kind == "wanted":
             word = m.group()
+            if word.startswith("need") and _PRICE_BEFORE_RE.search(folded, 0, m.start()) and m.start() > 25:
+                continue  # "... need a loupe to see; $2,990": a remark inside a sale, not a request
             if word in ("iso", "lf") and folded[m.start() - 1 : m.start()] in (".", "-"):
                 continue
             if _ACCESSORY_RE.match(folded[m.end() : m.end() + 40]):
@@ -726,7 +746,7 @@ class _Group:
             if self.ref is not None:
                 return False
             b = m.ref.brand
-            return b is None or self.brand is None or self.brand == b or self.brand_weak
+            return b is None or self.brand is None or self.brand == b or self.brand_weak or not m.ref.exact
         if m.weak:
             return True
         if m.brand and self.brand and m.brand != self.brand and not self.brand_weak:
@@ -777,7 +797,10 @@ def _group_mentions(mentions: list[_Mention], line_starts: list[int], line_has_p
             cur = _Group()
             groups.append(cur)
         cur.add(m, line)
-    return [g for g in groups if g.ref is not None or g.family is not None or (g.brand is not None and not g.brand_weak)]
+    kept = [g for g in groups if g.ref is not None or g.family is not None or (g.brand is not None and not g.brand_weak)]
+    # A watch resting only on vague words or a fuzzy guess is dropped when the message names firmer ones.
+    firm = [g for g in kept if any(not m.weak for m in g.mentions)]
+    return firm if firm else kept
 
 
 # ---------------------------------------------------------------- the extractor
@@ -803,6 +826,9 @@ def _attrs(span_folded: str, span_original: str, prices: list[_Price], offset: i
         if offset <= p.start < end:
             s, e = p.start - offset, min(p.end, end) - offset
             masked = masked[:s] + " " * (e - s) + masked[e:]
+    if "\n" in masked or "  " in masked:
+        masked = _WS_RE.sub(" ", masked)
+        span_original = _WS_RE.sub(" ", span_original)
     a.condition = _condition(masked, span_original)
     a.year = _year(masked)
     a.size = _size(masked)
@@ -875,6 +901,13 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
     header_lines = {
         i for i in range(n_lines) if folded[line_starts[i] : line_ends[i]].rstrip().endswith(":") and not line_has_price[i]
     }
+    # In a list (two or more lines with references), a line naming only a brand is a header too.
+    line_kinds: dict[int, set[str]] = {}
+    for m in mentions:
+        kind = "ref" if m.ref is not None else ("family" if m.family else "brand")
+        line_kinds.setdefault(bisect.bisect_right(line_starts, m.start) - 1, set()).add(kind)
+    if sum("ref" in k for k in line_kinds.values()) >= 2:
+        header_lines |= {i for i, k in line_kinds.items() if k == {"brand"} and not line_has_price[i]}
     default_brand: str | None = None
     kept: list[_Mention] = []
     for m in mentions:

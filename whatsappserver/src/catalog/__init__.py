@@ -87,6 +87,19 @@ def _fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
+# Family names that are everyday words: never read as a family on their own.
+_GENERIC_WORDS = frozenset(
+    "link club metro marine heritage pilot spirit conquest classique tradition elite senator diver royal ranger "
+    "master style date classic premier colt optimum orion zurich freak prx cb skx".split()
+)
+# Aliases too vague to tell two watches apart: they fill a gap but never split a message into two watches.
+_VAGUE_ALIASES = (
+    "gmt", "sky", "offshore", "concept", "jumbo", "marina", "khaki", "navi", "crash", "tank", "op", "pilot",
+    "ronde", "1908", "1815", "1926", "222", "ff", "turtle", "samurai", "ventura", "octo", "luc", "unico",
+    "president", "presidential", "tona", "dd", "sd43", "fxd", "polar", "cosmograph", "monaco", "carrera",
+)
+
+
 def load_catalog(path: Path = CATALOG_PATH) -> Catalog:
     """Read, validate and index the catalogue."""
     data = CatalogFile.model_validate(json.loads(path.read_text(encoding="utf-8")))
@@ -110,14 +123,14 @@ def load_catalog(path: Path = CATALOG_PATH) -> Catalog:
             add(form, Alias(brand, None, True, False))
         for family, forms in entry.families.items():
             family_brand.setdefault(family, brand)
-            for form in [family, *forms]:
+            for form in ([] if _fold(family) in _GENERIC_WORDS else [family]) + forms:
                 add(form, Alias(brand, family, False, False))
         for nick, family in entry.nicknames.items():
             if family not in entry.families:
                 raise ValueError(f"nickname {nick!r} of {brand} names unknown family {family!r}")
             add(nick, Alias(brand, family, True, False))
     # Generic words that must not be weak-only: nothing; but a few family aliases are too vague to split watches.
-    for vague in ("gmt", "sky", "offshore", "concept", "jumbo", "marina", "khaki", "navi", "crash", "tank", "op"):
+    for vague in _VAGUE_ALIASES:
         if vague in aliases:
             a = aliases[vague]
             aliases[vague] = Alias(a.brand, a.family, True, a.upper_only)
