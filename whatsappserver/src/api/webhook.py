@@ -85,6 +85,9 @@ async def receive_webhook(request: Request, services: ServicesDep) -> Response:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         runtime.rejected_requests += 1
         return _problem(400, f"body is not JSON: {exc}")
+    except RecursionError:
+        runtime.rejected_requests += 1
+        return _problem(400, "body is nested too deeply")
     try:
         parsed = parse_payload(data)
     except WebhookError as exc:

@@ -136,6 +136,37 @@ def _text_of(message: dict[str, Any]) -> str:
     return ""
 
 
+_MAX_RAW_DEPTH = 32
+
+
+def clean_text(value: str) -> str:
+    """Text every store accepts: no NUL (Postgres refuses it), no lone surrogates (not encodable in UTF-8)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _clean_json(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` with clean strings; nesting beyond any real payload is cut."""
+    if depth > _MAX_RAW_DEPTH:
+        return "…"
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _clean_json(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v, depth + 1) for v in value]
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return clean_text(value) if isinstance(value, str) and value else None
+
+
 def _timestamp(value: Any) -> datetime | None:
     try:
         return datetime.fromtimestamp(int(value), tz=UTC)
@@ -184,8 +215,8 @@ def _walk_message(message: dict[str, Any], value: ChangeValue, parsed: ParsedWeb
     if kind == "reaction":
         parsed.reactions += 1
         return
-    sender = message.get("from") or message.get("from_user_id")
-    sender_id = sender if isinstance(sender, str) and sender else None
+    message_id = clean_text(message_id)
+    sender_id = _optional_text(message.get("from")) or _optional_text(message.get("from_user_id"))
     if kind == "edit":
         edit = message.get("edit")
         original = edit.get("original_message_id") if isinstance(edit, dict) else None
@@ -193,21 +224,25 @@ def _walk_message(message: dict[str, Any], value: ChangeValue, parsed: ParsedWeb
         if not isinstance(original, str) or not isinstance(inner, dict):
             parsed.invalid.append("an edit without 'original_message_id' and 'message'")
             return
-        parsed.edits.append(MessageEdit(original_id=original, text=_text_of(inner), raw=message))
+        parsed.edits.append(
+            MessageEdit(
+                original_id=clean_text(original), text=clean_text(_text_of(inner)), raw=_clean_json(message)
+            )
+        )
         return
     if kind not in TEXT_TYPES:
         parsed.unsupported += 1
-    group_id = message.get("group_id")
+    name = _sender_name(value.contacts, sender_id)
     parsed.messages.append(
         InboundMessage(
             id=message_id,
             source="webhook",
-            chat_id=group_id if isinstance(group_id, str) else sender_id,
+            chat_id=_optional_text(message.get("group_id")) or sender_id,
             sender_id=sender_id,
-            sender_name=_sender_name(value.contacts, sender_id),
+            sender_name=clean_text(name) if name else None,
             sent_at=_timestamp(message.get("timestamp")),
-            wa_type=kind,
-            text=_text_of(message),
-            raw=message,
+            wa_type=clean_text(kind),
+            text=clean_text(_text_of(message)),
+            raw=_clean_json(message),
         )
     )
