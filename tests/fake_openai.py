@@ -23,7 +23,8 @@ Endpoints
 
 Failure injection, applied to both API endpoints in this order: no `Authorization: Bearer` -> 401; inside an
 outage window -> 503; `fail_next` > 0 -> that many calls answer `fail_status` (with
-`Retry-After` when it is 429); then `rate_limit_rate` -> 429 with
+`Retry-After` when it is 429); `fail_after_ok` >= 0 -> every call after that many successful embedding calls
+answers `fail_status` (an interrupted long job); then `rate_limit_rate` -> 429 with
 `Retry-After: retry_after` (seconds); then `error_rate` -> 500. Latency is slept before answering (also before
 an error), without blocking other requests.
 """
@@ -64,6 +65,7 @@ class FakeConfig:
     retry_after: float = 1.0
     fail_next: int = 0
     fail_status: int = 500
+    fail_after_ok: int = -1
     default_dimensions: int = 1536
     chat_answer: str = "This is the fake answer."
     seed: int = 0
@@ -168,6 +170,8 @@ class FakeOpenAIApp:
                 status = self.config.fail_status
                 headers = {"retry-after": f"{self.config.retry_after:g}"} if status == 429 else None
                 return _error(status, "Injected failure.", "server_error", headers=headers)
+            if 0 <= self.config.fail_after_ok <= self.stats.embedding_ok:
+                return _error(self.config.fail_status, "Injected failure.", "server_error")
             roll = self._rng.random()
         if roll < self.config.rate_limit_rate:
             return _error(

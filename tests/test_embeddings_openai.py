@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,7 @@ from src.embedding_processor import (
     plan_requests,
     redact,
 )
-from src.store.base import EmbeddingDimensionMismatch
+from src.store.base import EmbeddingDimensionMismatch, InboundMessage
 from src.store.sqlite import SQLiteStore
 from tests.fake_openai import FakeOpenAI, fake_vector
 
@@ -46,6 +47,7 @@ def fake(fake_server: FakeOpenAI) -> FakeOpenAI:
     config.retry_after = 1.0
     config.fail_next = 0
     config.fail_status = 500
+    config.fail_after_ok = -1
     return fake_server
 
 
@@ -253,3 +255,129 @@ async def test_the_store_refuses_vectors_of_another_dimension(tmp_path: Any) -> 
             await store.check_embedding_dimension("text-embedding-3-small", 512)
     finally:
         await store.close()
+
+
+# -- CLI: reembed and retry-failed ------------------------------------------------------------------------
+
+
+def _seed_local_listings(path: Any, count: int, dimensions: int) -> None:
+    """A store whose listings were embedded by the local model, as on a server that ran without a key."""
+    from src.embedding_processor import LocalEmbedder
+    from src.pipeline import Pipeline, WorkerSettings
+    from src.stats import RuntimeStats
+
+    async def _seed() -> None:
+        store = SQLiteStore(path)
+        await store.open()
+        embedder = LocalEmbedder(dimensions)
+        await store.check_embedding_dimension(embedder.model_name, dimensions)
+        await store.insert_messages(
+            [
+                InboundMessage(
+                    id=f"wamid.RE{i:04d}",
+                    source="webhook",
+                    chat_id=None,
+                    sender_id="15550100007",
+                    sender_name=None,
+                    sent_at=None,
+                    wa_type="text",
+                    text=f"WTS Rolex Submariner 126610LN 20{10 + i % 14} full set {9000 + i}€",
+                )
+                for i in range(count)
+            ]
+        )
+        await Pipeline(store, embedder, RuntimeStats.new(), WorkerSettings(batch_size=100)).drain(20)
+        assert (await store.stats()).listings_total == count
+        await store.close()
+
+    asyncio.run(_seed())
+
+
+def _needing(path: Any, model: str) -> int:
+    async def _count() -> int:
+        store = SQLiteStore(path)
+        await store.open()
+        try:
+            return len(await store.listings_needing_embedding(model, 10_000))
+        finally:
+            await store.close()
+
+    return asyncio.run(_count())
+
+
+@pytest.fixture
+def cli_env(fake: FakeOpenAI, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    db = tmp_path / "cli.sqlite3"
+    for name, value in {
+        "SQLITE_PATH": str(db),
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": fake.base_url,
+        "EMBEDDING_DIMENSIONS": "32",
+        "EMBEDDING_MAX_RETRIES": "0",
+        "DATABASE_URL": "",
+        "SUPABASE_URL": "",
+    }.items():
+        monkeypatch.setenv(name, value)
+    return db
+
+
+def test_reembed_moves_every_listing_in_batches_and_resumes(fake: FakeOpenAI, cli_env: Any) -> None:
+    from typer.testing import CliRunner
+
+    from src.cli import cli
+
+    _seed_local_listings(cli_env, 30, 32)
+    runner = CliRunner()
+
+    fake.config.fail_after_ok = 2  # interrupted after two rounds
+    interrupted = runner.invoke(cli, ["reembed", "--batch-size", "10", "--quiet"])
+    assert interrupted.exit_code == 1, interrupted.output
+    assert "run reembed again" in interrupted.output and API_KEY not in interrupted.output
+    assert _needing(cli_env, "text-embedding-3-small") == 10
+
+    fake.config.fail_after_ok = -1
+    resumed = runner.invoke(cli, ["reembed", "--batch-size", "10"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "10 listing(s) re-embedded" in resumed.output
+    assert _needing(cli_env, "text-embedding-3-small") == 0
+    # Nothing was embedded twice: 30 inputs in 3 successful calls of 10.
+    assert fake.stats.batch_sizes == [10, 10, 10]
+
+    again = runner.invoke(cli, ["reembed", "--quiet"])
+    assert again.exit_code == 0 and "0 listing(s) re-embedded" in again.output
+
+
+def test_retry_failed_requeues_and_processes(fake: FakeOpenAI, cli_env: Any) -> None:
+    from typer.testing import CliRunner
+
+    from src.cli import cli
+
+    async def _fail_all() -> None:
+        store = SQLiteStore(cli_env)
+        await store.open()
+        await store.check_embedding_dimension("text-embedding-3-small", 32)
+        await store.insert_messages(
+            [
+                InboundMessage(
+                    id=f"wamid.RF{i}",
+                    source="webhook",
+                    chat_id=None,
+                    sender_id="15550100008",
+                    sender_name=None,
+                    sent_at=None,
+                    wa_type="text",
+                    text=f"WTS Patek Nautilus 5711/1A 2019 full set {90000 + i}€",
+                )
+                for i in range(3)
+            ]
+        )
+        for i in range(3):
+            await store.fail_message(f"wamid.RF{i}", "embedding: outage", None)
+        assert (await store.stats()).failed == 3
+        await store.close()
+
+    asyncio.run(_fail_all())
+    result = CliRunner().invoke(cli, ["retry-failed", "--process"])
+    assert result.exit_code == 0, result.output
+    assert "3 failed message(s) requeued" in result.output
+    assert fake.stats.embedding_ok == 1
