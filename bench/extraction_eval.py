@@ -20,7 +20,9 @@ sys.path.insert(0, str(REPO_ROOT / "whatsappserver"))
 
 from src.watch_info_extractor import extract_watch_info  # noqa: E402
 
-DEFAULT_FILES = [REPO_ROOT.parent / "shared" / "data" / "labelled" / n for n in ("usa_dev.jsonl", "fr_dev.jsonl")]
+DEFAULT_FILES = [
+    REPO_ROOT.parent / "shared" / "data" / "labelled" / n for n in ("usa_dev.jsonl", "fr_dev.jsonl")
+]
 FIELDS = ["brand", "model", "reference", "price", "condition", "year", "box", "papers"]
 _PUNCT = re.compile(r"[\W_]+")
 
@@ -67,7 +69,9 @@ def evaluate(rows: list[dict], show_errors: bool = False) -> dict[str, float]:
         info = extract_watch_info(row["text"]).model_dump()
         type_ok += info["message_type"] == row["type"]
         if show_errors and info["message_type"] != row["type"]:
-            print(f"[type] {row['id']}: gold={row['type']} pred={info['message_type']} :: {row['text'][:90]!r}")
+            print(
+                f"[type] {row['id']}: gold={row['type']} pred={info['message_type']} :: {row['text'][:90]!r}"
+            )
         for f in FIELDS:
             gold = [v for v in (_value(f, w) for w in row["watches"]) if v is not None]
             pred = [v for v in (_value(f, w) for w in info["watches"]) if v is not None]
@@ -100,7 +104,12 @@ def main() -> int:
     parser.add_argument("--errors", action="store_true", help="print every disagreement")
     args = parser.parse_args()
     files = args.files or DEFAULT_FILES
-    rows = [json.loads(line) for path in files for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for path in files
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     res = evaluate(rows, args.errors)
     print(f"{'field':<12}{'precision':>10}{'recall':>10}{'f1':>10}")
     for f in FIELDS:

@@ -48,7 +48,9 @@ DEFAULT_EUR_RATES: dict[str, float] = {
 }
 
 
-def to_eur(amount: float | None, currency: str | None, rates: Mapping[str, float] | None = None) -> float | None:
+def to_eur(
+    amount: float | None, currency: str | None, rates: Mapping[str, float] | None = None
+) -> float | None:
     """Convert `amount` in `currency` to euros, rounded to the cent; None when either is unknown.
 
     `rates` entries take precedence over the default table, so settings can override one currency only.

@@ -106,7 +106,9 @@ _PRICE_RE = re.compile(
     rf"(?:[ ]?(?:,-|\.-|\.--))?"
     rf"(?:[ ]?(?P<post>{_CUR_POST}))?"
 )
-_PRICE_KEYWORD_RE = re.compile(rf"\b(?:prix|price|px|asking|budget|tarif|ask)\s*:?\s*(?P<num>{_NUM})(?![\d.,]*\s?(?:mm|k\b))")
+_PRICE_KEYWORD_RE = re.compile(
+    rf"\b(?:prix|price|px|asking|budget|tarif|ask)\s*:?\s*(?P<num>{_NUM})(?![\d.,]*\s?(?:mm|k\b))"
+)
 _GROUPED_RE = re.compile(r"^\d{1,3}(?:[ .,']\d{3})+(?:[.,]\d{1,2})?$")
 _CURRENCY_CODES = {
     "$": "USD", "us$": "USD", "usd": "USD", "dollar": "USD", "dollars": "USD", "bucks": "USD",
@@ -118,7 +120,9 @@ _CURRENCY_CODES = {
 }  # fmt: skip
 _SYMBOLS = {"$", "€", "£", "¥", "us$", "hk$", "s$"}
 _KARATS = {9.0, 10.0, 14.0, 18.0, 22.0, 24.0}
-_EXTRA_BEFORE_RE = re.compile(r"(?:\+|acompte|deposit|depot|port|shipping|envoi|frais|fee|label|dep|plus)\W{0,4}(?:de\W{0,3})?$")
+_EXTRA_BEFORE_RE = re.compile(
+    r"(?:\+|acompte|deposit|depot|port|shipping|envoi|frais|fee|label|dep|plus)\W{0,4}(?:de\W{0,3})?$"
+)
 _EXTRA_AFTER_RE = re.compile(r"^\s{0,2}(?:de port|d'envoi|shipping|pour reserver|deposit|de frais|fee)")
 
 
@@ -242,7 +246,9 @@ _REF_CANDIDATE_RE = re.compile(
     r"(?<![\w/.])(?<!\w-)(?:(?P<pfx>rm|pam|ref|ref\.|reference|réf)[ ]?[:#.]?[ ]?-?)?"
     r"(?P<tok>[a-z]{0,5}\d[a-z0-9]*(?:[./\-][a-z0-9]+)*)"
 )
-_UNIT_RE = re.compile(r"^(\d+)(MM|M|FT|K|KT|CT|PCS|PC|H|TH|ND|RD|X|AM|PM|S|MIN|HZ|ATM|BAR|MIL|L|CM|KM|J|Y|YR|YRS|ER|E|EME)$")
+_UNIT_RE = re.compile(
+    r"^(\d+)(MM|M|FT|K|KT|CT|PCS|PC|H|TH|ND|RD|X|AM|PM|S|MIN|HZ|ATM|BAR|MIL|L|CM|KM|J|Y|YR|YRS|ER|E|EME)$"
+)
 _DATE_TOKEN_RE = re.compile(r"^N?\d{1,2}/\d{2,4}$")
 _CORE_RE = re.compile(r"^[A-Z]?\d{4,6}[A-Z]{0,6}")
 _SUFFIX_WORD_RE = re.compile(r"^[ ]([a-z]{2,5})(?![a-z0-9])")
@@ -324,7 +330,11 @@ def _classify_reference(raw: str, explicit: bool) -> tuple[str, str | None, str 
         return None
     hit, full = _lookup_reference(n, t)
     unit = _UNIT_RE.match(n)
-    if unit and not (hit and full) and (len(unit.group(1)) <= 4 or unit.group(2) in ("MM", "M", "K", "KT", "CT", "PCS", "ATM", "BAR")):
+    if (
+        unit
+        and not (hit and full)
+        and (len(unit.group(1)) <= 4 or unit.group(2) in ("MM", "M", "K", "KT", "CT", "PCS", "ATM", "BAR"))
+    ):
         return None
     if n.isdigit() and n != t and len(n) >= 6:
         n_digits_only = False
@@ -438,7 +448,9 @@ def _trie_regex(words: list[str]) -> str:
 
 
 _ALIASES = CATALOG.aliases
-_ALIAS_RE = re.compile(r"(?<![a-z0-9])(?:" + _trie_regex(sorted(_ALIASES, key=len, reverse=True)) + r")(?![a-z0-9])")
+_ALIAS_RE = re.compile(
+    r"(?<![a-z0-9])(?:" + _trie_regex(sorted(_ALIASES, key=len, reverse=True)) + r")(?![a-z0-9])"
+)
 _WS_RE = re.compile(r"\s+")
 
 _FUZZY_CHOICES: dict[str, str] = {}
@@ -465,6 +477,8 @@ def _fuzzy_alias(token: str) -> str | None:
     if match is None:
         return None
     key = match[2]
+    if _ALIASES[key].family is not None and match[1] < 88:
+        return None  # family names are many and close to everyday words: demand a closer spelling
     if key[0] != token[0] or abs(len(key) - len(token)) > 2:
         return None
     return key
@@ -538,13 +552,19 @@ _BOX_PAPERS_RE = re.compile(
 _FULL_SET_EXCEPT_RE = re.compile(r"full (?:factory|diamond) set|factory setting")
 _OK_AFTER_RE = re.compile(r"\s*(?:ok|okay|accepted|acceptee?|possible|bienvenue?)\b")
 
-_YEAR_RE = re.compile(r"(?<![\w./\-$€£])(?P<y>19[3-9]\d|20[0-3]\d)(?![\w%]|[ ]?[+]|[ ]?-[ ]?(?:19|20)\d\d|/\d)")
+_YEAR_RE = re.compile(
+    r"(?<![\w./\-$€£])(?P<y>19[3-9]\d|20[0-3]\d)(?![\w%]|[ ]?[+]|[ ]?-[ ]?(?:19|20)\d\d|/\d)"
+)
 _MONTH_YEAR_RE = re.compile(
     r"(?<![\w/.])(?:n)?(?:0?[1-9]|1[0-2])(?:/(?P<y>\d{2}|(?:19|20)\d\d)|[.](?P<y3>(?:19|20)\d\d))(?![\w/.])"
     r"|(?:jan|feb|fev|mar|apr|avr|may|mai|jun|juin|jul|juil|aug|aout|sep|oct|nov|dec)[a-z]*\.? (?P<y2>(?:19|20)\d\d)(?!\d)"
 )
-_YEAR_RANGE_RE = re.compile(r"(?:19|20)\d\d\s?[-–]\s?(?:19|20)?\d\d|(?:19|20)\d\d\s?(?:\+|ou plus|or newer|and up|and newer|or later|ou plus recent|minimum|min\b)")
-_YEAR_SKIP_BEFORE_RE = re.compile(r"(?:revisee?|service[d]?|serviced in|entretien|polie?|polished|can be|depuis|since|annees|years?|yr)\W{0,3}(?:ap\W{0,2})?(?:en|in)?\W{0,2}$")
+_YEAR_RANGE_RE = re.compile(
+    r"(?:19|20)\d\d\s?[-–]\s?(?:19|20)?\d\d|(?:19|20)\d\d\s?(?:\+|ou plus|or newer|and up|and newer|or later|ou plus recent|minimum|min\b)"
+)
+_YEAR_SKIP_BEFORE_RE = re.compile(
+    r"(?:revisee?|service[d]?|serviced in|entretien|polie?|polished|can be|depuis|since|annees|years?|yr)\W{0,3}(?:ap\W{0,2})?(?:en|in)?\W{0,2}$"
+)
 _SIZE_RE = re.compile(r"(?<![\w.])(?P<s>[2-6]\d(?:[.,]\d)?)\s?mm(?![a-z])")
 _MOVEMENT_RE = re.compile(
     r"(?<![a-z])(?P<automatic>automatic|automatique|auto|self[- ]winding|perpetual rotor|calibre auto)(?![a-z])"
@@ -575,7 +595,7 @@ def _condition(span: str, original: str) -> Condition | None:
     kinds = [h[2] for h in hits]
     if "vintage" in kinds:
         return "vintage"
-    for (s1, e1, k1), (s2, _e2, k2) in zip(hits, hits[1:], strict=False):
+    for (_s1, e1, k1), (s2, _e2, k2) in zip(hits, hits[1:], strict=False):
         if k1 != k2 and _ALT_RE.match(span[e1:s2]):
             return None
     return hits[0][2]  # type: ignore[return-value]
@@ -584,7 +604,9 @@ def _condition(span: str, original: str) -> Condition | None:
 def _near_watch_word(span: str, m: re.Match[str]) -> bool:
     word = m.group()
     if word == "pre":
-        return bool(re.match(r"\s*(?:complete|owned|loved|full|set|\d|-)", span[m.end() : m.end() + 10])) or m.end() == len(span)
+        return bool(
+            re.match(r"\s*(?:complete|owned|loved|full|set|\d|-)", span[m.end() : m.end() + 10])
+        ) or m.end() == len(span)
     if word in ("porte", "portee"):
         return not re.search(r"(?:jamais|non|pas)\s*$", span[max(0, m.start() - 8) : m.start()])
     return not re.search(r"(?:un|never|not)\s*$", span[max(0, m.start() - 7) : m.start()])
@@ -599,7 +621,9 @@ def _box_papers(span: str) -> tuple[bool | None, bool | None]:
         if _OK_AFTER_RE.match(span, m.end()):
             continue
         if kind == "full":
-            if _FULL_SET_EXCEPT_RE.match(span, m.start()) or (m.group() == "complete" and re.match(r"\s+(?:links?|bracelet)", span[m.end():m.end()+10])):
+            if _FULL_SET_EXCEPT_RE.match(span, m.start()) or (
+                m.group() == "complete" and re.match(r"\s+(?:links?|bracelet)", span[m.end() : m.end() + 10])
+            ):
                 continue
             if m.group() in ("bnib", "lnib"):
                 box = True if box is None else box
@@ -662,7 +686,9 @@ def _movement(span: str) -> Movement | None:
 
 
 # ---------------------------------------------------------------- message type
-_FRENCH_RE = re.compile(r"(?<![a-z])(?:je|vends|cherche|recherche|boite|papiers|etat|neuve?|avec|pour|une|des|dispo|montre|carte|prix|qui|sur)(?![a-z])")
+_FRENCH_RE = re.compile(
+    r"(?<![a-z])(?:je|vends|cherche|recherche|boite|papiers|etat|neuve?|avec|pour|une|des|dispo|montre|carte|prix|qui|sur)(?![a-z])"
+)
 
 
 def _looks_french(folded: str) -> bool:
@@ -682,7 +708,9 @@ _INTENT_RE = re.compile(
 )
 _PRICE_BEFORE_RE = re.compile(r"\d(?:k|[ ]?[$€£])|[$€£][ ]?\d|\d[.]\s|\d{4,}")
 _NEGATED_TRADE_RE = re.compile(r"(?:pas d'|no |pas de |sans |not |no more )$")
-_ACCESSORY_RE = re.compile(r"^\W*(?:a |an |this |the |some |un |une |des |ce |cette )?(?:\w+ ){0,3}?(?:strap|straps|buckle|boucle|clasp|bracelet|band|bezel insert|links?|maillons?|bracelets?|box|boite|pouch|tool|parts?|crown|dial only|movement only)\b")
+_ACCESSORY_RE = re.compile(
+    r"^\W*(?:a |an |this |the |some |un |une |des |ce |cette )?(?:\w+ ){0,3}?(?:strap|straps|buckle|boucle|clasp|bracelet|band|bezel insert|links?|maillons?|bracelets?|box|boite|pouch|tool|parts?|crown|dial only|movement only)\b"
+)
 _FS_START_RE = re.compile(r"^\W*fs\b")
 _LEADING_FS_RE = re.compile(r"^\W*(?:fs|f/s)(?![a-z])")
 
@@ -716,7 +744,9 @@ def _intent(folded: str) -> tuple[MessageType | None, int]:
             word = m.group()
             if word in ("have", "stock", "sale") and not re.match(r"^\W*(?:have|stock)\W*$", folded):
                 # "have" alone is a dealer's answer ("Have"); inside a sentence it rarely states a sale
-                if word == "have" and not re.match(r"\s*(?:\d|a |an |one |this |new |bnib|mint)", folded[m.end() : m.end() + 8]):
+                if word == "have" and not re.match(
+                    r"\s*(?:\d|a |an |one |this |new |bnib|mint)", folded[m.end() : m.end() + 8]
+                ):
                     continue
             return "sale", m.start()
     return None, -1
@@ -753,7 +783,13 @@ class _Group:
             return False
         if m.family and self.family and not self.family_weak and m.family != self.family:
             return _family_related(self.family, m.family)
-        if m.brand and self.ref is not None and self.ref.brand and self.ref.brand != m.brand and self.ref.exact:
+        if (
+            m.brand
+            and self.ref is not None
+            and self.ref.brand
+            and self.ref.brand != m.brand
+            and self.ref.exact
+        ):
             return False
         return True
 
@@ -783,7 +819,9 @@ _LIST_MARK_RE = re.compile(r"^\s*(?:[-*•·>]|\d{1,2}[).]|[a-z][).])\s*")
 _COUNTER_RE = re.compile(r"(?:contre|against|for an?|vs|or|ou)\W*(?:une?|a|an|la|le|my|ma|mon)?\W*$")
 
 
-def _group_mentions(mentions: list[_Mention], line_starts: list[int], line_has_price: list[bool]) -> list[_Group]:
+def _group_mentions(
+    mentions: list[_Mention], line_starts: list[int], line_has_price: list[bool]
+) -> list[_Group]:
     groups: list[_Group] = []
     cur: _Group | None = None
     for m in mentions:
@@ -797,7 +835,11 @@ def _group_mentions(mentions: list[_Mention], line_starts: list[int], line_has_p
             cur = _Group()
             groups.append(cur)
         cur.add(m, line)
-    kept = [g for g in groups if g.ref is not None or g.family is not None or (g.brand is not None and not g.brand_weak)]
+    kept = [
+        g
+        for g in groups
+        if g.ref is not None or g.family is not None or (g.brand is not None and not g.brand_weak)
+    ]
     # A watch resting only on vague words or a fuzzy guess is dropped when the message names firmer ones.
     firm = [g for g in kept if any(not m.weak for m in g.mentions)]
     return firm if firm else kept
@@ -857,7 +899,7 @@ def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Menti
     taken = [(r.start, r.end) for r in refs]
     aliases = _find_alias_mentions(masked, original, taken)
     context_brands = {m.brand for m in aliases if m.brand}
-    mentions = [m for m in aliases]
+    mentions = list(aliases)
     for r in refs:
         if r.needs_context and r.brand not in context_brands:
             continue
@@ -884,7 +926,12 @@ def extract_watch_info(text: str, rates: Mapping[str, float] | None = None) -> W
         return WatchInfo()
     try:
         return _extract(text, rates)
-    except (ValueError, IndexError, OverflowError, RecursionError):  # defensive: odd input must not break ingestion
+    except (
+        ValueError,
+        IndexError,
+        OverflowError,
+        RecursionError,
+    ):  # defensive: odd input must not break ingestion
         return WatchInfo()
 
 
@@ -899,7 +946,9 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
             line_has_price[bisect.bisect_right(line_starts, p.start) - 1] = True
     # A header line ("Tudor neuves, carte 2024 :") states defaults for the list below it, not a watch.
     header_lines = {
-        i for i in range(n_lines) if folded[line_starts[i] : line_ends[i]].rstrip().endswith(":") and not line_has_price[i]
+        i
+        for i in range(n_lines)
+        if folded[line_starts[i] : line_ends[i]].rstrip().endswith(":") and not line_has_price[i]
     }
     # In a list (two or more lines with references), a line naming only a brand is a header too.
     line_kinds: dict[int, set[str]] = {}
@@ -951,7 +1000,11 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
             start = line_starts[g.first_line] if first_on_line else g.start
             if gi + 1 < len(groups):
                 nxt = groups[gi + 1]
-                end = g.start if False else (nxt.start if nxt.first_line == g.last_line else line_ends[g.last_line])
+                end = (
+                    g.start
+                    if False
+                    else (nxt.start if nxt.first_line == g.last_line else line_ends[g.last_line])
+                )
                 if nxt.first_line != g.last_line:
                     # Price-only lines right after a watch line belong to it.
                     li = g.last_line + 1
@@ -972,7 +1025,9 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
                     g.counterpart = True
         covered = [False] * n_lines
         for s, e in spans:
-            for li in range(bisect.bisect_right(line_starts, s) - 1, bisect.bisect_right(line_starts, max(s, e - 1))):
+            for li in range(
+                bisect.bisect_right(line_starts, s) - 1, bisect.bisect_right(line_starts, max(s, e - 1))
+            ):
                 covered[li] = True
         context = [(line_starts[i], line_ends[i]) for i in range(n_lines) if not covered[i]]
 

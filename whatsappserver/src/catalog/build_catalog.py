@@ -95,14 +95,16 @@ def build() -> dict:
         by_brand: dict[str, set[str | None]] = defaultdict(set)
         for b, f in pairs:
             by_brand[b].add(f)
-        table[key] = [[b_index[b], f_index[next(iter(fs))] if len(fs) == 1 and None not in fs else -1]
-                      for b, fs in sorted(by_brand.items())]
+        table[key] = [
+            [b_index[b], f_index[next(iter(fs))] if len(fs) == 1 and None not in fs else -1]
+            for b, fs in sorted(by_brand.items())
+        ]
     # Family by reference prefix, per brand: lets an unseen reference of a known series find its family.
     prefix_counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for key, pairs in refs.items():
         if len(pairs) != 1:
             continue
-        (b, f), = pairs
+        ((b, f),) = pairs
         for n in range(3, min(len(key), 6) + 1):
             if f:
                 prefix_counts[(b, key[:n])][f] += 1
@@ -134,7 +136,9 @@ def build() -> dict:
 def main() -> int:
     catalog = build()
     OUT_PATH.write_text(json.dumps(catalog, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
-    sys.stderr.write(f"wrote {OUT_PATH} ({OUT_PATH.stat().st_size // 1024} KiB, {len(catalog['references'])} keys)\n")
+    sys.stderr.write(
+        f"wrote {OUT_PATH} ({OUT_PATH.stat().st_size // 1024} KiB, {len(catalog['references'])} keys)\n"
+    )
     return 0
 
 

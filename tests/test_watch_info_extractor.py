@@ -1,0 +1,255 @@
+"""The watch extractor: the seed example, every price form and trap, lists, and robustness on any input."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from src.fx import DEFAULT_EUR_RATES, RATES_DATE, to_eur
+from src.watch_info_extractor import (
+    WatchInfo,
+    canonical_model,
+    extract_watch_info,
+    find_brand,
+    find_references,
+    normalize_reference,
+    parse_prices,
+    reference_info,
+)
+
+
+def test_seed_example() -> None:
+    info = extract_watch_info("Vends Rolex Submariner 116610LN de 2018, excellent état, 8200€")
+    assert info.message_type == "sale"
+    assert info.confidence >= 0.9
+    (w,) = info.watches
+    assert (w.brand, w.model, w.reference) == ("Rolex", "Submariner", "116610LN")
+    assert (w.price, w.currency, w.condition, w.year) == (8200, "EUR", "excellent", 2018)
+    assert w.price_eur == 8200
+
+
+@pytest.mark.parametrize(
+    ("text", "amount", "currency"),
+    [
+        ("8200€", 8200, "EUR"),
+        ("8.200 €", 8200, "EUR"),
+        ("8 200€", 8200, "EUR"),
+        ("8,2k€", 8200, "EUR"),
+        ("8k2 €", 8200, "EUR"),
+        ("€10.3k", 10300, "EUR"),
+        ("€148.500,-", 148500, "EUR"),
+        ("12'500 CHF", 12500, "CHF"),
+        ("CHF 12\u2019500", 12500, "CHF"),
+        ("£6,750", 6750, "GBP"),
+        ("$15,750 + label", 15750, "USD"),
+        ("9.5k USD", 9500, "USD"),
+        ("1.26m HKD", 1_260_000, "HKD"),
+        ("$435k USDT", 435_000, "USDT"),
+        ("$840000 HKD", 840_000, "HKD"),
+        ("3200e", 3200, "EUR"),
+        ("19 900 euros", 19900, "EUR"),
+    ],
+)
+def test_price_forms(text: str, amount: float, currency: str) -> None:
+    assert parse_prices(text)[0] == (amount, currency)
+
+
+def test_bare_price_after_keyword() -> None:
+    info = extract_watch_info("Day-Date 40 228239 bleu, 2021, full set, TBE\nprix: 41 000")
+    assert info.watches[0].price == 41000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Rolex Submariner 41mm 2020",
+        "Day-Date 18k yellow gold 228238",
+        "Seamaster 300m diver",
+        "RDV le 15/03 à 14h",
+        "appelez moi au 06 12 34 56 78",
+        "Rolex 126610LN",
+        "Omega 311.30.42.30.01.005",
+    ],
+)
+def test_price_traps(text: str) -> None:
+    assert parse_prices(text) == []
+    for w in extract_watch_info(text).watches:
+        assert w.price is None
+
+
+def test_year_and_size_are_not_prices_and_are_read() -> None:
+    (w,) = extract_watch_info("WTS Tudor Pelagos 25600TB 42mm 2020 full set 3 300€").watches
+    assert (w.year, w.size_mm, w.price, w.box, w.papers) == (2020, 42, 3300, True, True)
+
+
+def test_shipping_and_deposit_are_not_the_price() -> None:
+    (w,) = extract_watch_info(
+        "Vends Tudor Black Bay GMT 79830RB, 2021, full set, TBE. 3 150€ + 25€ de port"
+    ).watches
+    assert w.price == 3150
+    info = extract_watch_info(
+        "Vends Daytona 126500LN neuve 2024 full set 31 500€. Acompte de 3000€ pour réserver"
+    )
+    assert info.watches[0].price == 31500
+
+
+@pytest.mark.parametrize(
+    ("ref", "brand", "model"),
+    [
+        ("126610LN", "Rolex", "Submariner"),
+        ("126710BLRO", "Rolex", "GMT-Master II"),
+        ("116500LN", "Rolex", "Daytona"),
+        ("311.30.42.30.01.005", "Omega", "Speedmaster"),
+        ("5711/1A-010", "Patek Philippe", "Nautilus"),
+        ("15500ST.OO.1220ST.01", "Audemars Piguet", "Royal Oak"),
+        ("15500ST", "Audemars Piguet", "Royal Oak"),
+        ("M79030N-0001", "Tudor", "Black Bay"),
+        ("WSSA0018", "Cartier", "Santos"),
+        ("IW500705", "IWC", None),
+        ("PAM01312", "Panerai", None),
+        ("RM67-01", "Richard Mille", None),
+        ("SBGA211", "Grand Seiko", None),
+    ],
+)
+def test_reference_shapes(ref: str, brand: str, model: str | None) -> None:
+    got_brand, got_model = reference_info(ref)
+    assert got_brand == brand
+    if model is not None:
+        assert got_model == model
+    assert find_references(f"dispo {ref} full set") == [(ref.upper(), brand)]
+
+
+def test_brand_aliases_typos_and_nicknames() -> None:
+    assert find_brand("Qui a une Rollex Yacht Master ?") == "Rolex"
+    assert find_brand("Omaga Constellation des années 70") == "Omega"
+    assert find_brand("Audemar Piguet Royal Oak") == "Audemars Piguet"
+    assert find_brand("JLC Reverso") == "Jaeger-LeCoultre"
+    assert find_brand("qui cherche une Daytona") == "Rolex"
+    assert canonical_model("Batman") == "GMT-Master II"
+    assert canonical_model("Speedy Moonwatch") == "Speedmaster"
+    assert canonical_model("AP RO 15500ST") == "Royal Oak"
+    assert canonical_model("BB58 bleue") == "Black Bay"
+    assert normalize_reference("5711/1A-010") == "57111A010"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("WTS 126610LN 2023 full set $14,500", "sale"),
+        ("Dispo Pepsi 126710BLRO 2024 neuve 19 900€", "sale"),
+        ("WTB 5711/1A full set", "wanted"),
+        ("NTQ 228398 TBR brand new only", "wanted"),
+        ("Je cherche une Speedy Moonwatch, budget 6 000€", "wanted"),
+        ("Échange AP Royal Oak 15202ST contre PP Nautilus 5711/1A", "trade"),
+        ("Vous en pensez quoi ? Cartier Santos WSSA0018 à 6 500€", "question"),
+        ("Bien reçu le virement, j'envoie demain", "other"),
+        ("need a strap for 226659", "other"),
+    ],
+)
+def test_message_types(text: str, kind: str) -> None:
+    assert extract_watch_info(text).message_type == kind
+
+
+def test_box_and_papers() -> None:
+    def bp(text: str) -> tuple[bool | None, bool | None]:
+        w = extract_watch_info(text).watches[0]
+        return w.box, w.papers
+
+    assert bp("WTS 126610LN full set $14k") == (True, True)
+    assert bp("WTS 126610LN B&P $14k") == (True, True)
+    assert bp("Vends 126610LN boîte et papiers 12k€") == (True, True)
+    assert bp("WTS 126610LN watch only $12k") == (False, False)
+    assert bp("WTS 16610 Submariner naked $9k") == (False, False)
+    assert bp("Vends 126610LN sans papiers 11k€") == (True, False)
+    assert bp("WTS 126610LN w/c 2022 $13k") == (False, True)
+    assert bp("WTS 126610LN 2022 $13k") == (None, None)
+
+
+def test_conditions() -> None:
+    def cond(text: str) -> str | None:
+        return extract_watch_info(text).watches[0].condition
+
+    assert cond("WTS 126610LN BNIB $14k") == "new"
+    assert cond("Vends 126610LN jamais porté 13k€") == "new"
+    assert cond("WTS 126610LN LNIB $13k") == "excellent"
+    assert cond("Vends 126610LN comme neuve 13k€") == "excellent"
+    assert cond("Vends 126610LN TBE 12k€") == "good"
+    assert cond("WTS 126610LN pre-owned $12k") == "used"
+    assert cond("Vends 5513 Submariner vintage 15k€") == "vintage"
+    assert cond("WTB 126610LN new or like new") is None
+
+
+def test_stock_list_gives_one_watch_per_line() -> None:
+    text = (
+        "📋 Stock dispo cette semaine :\n\n126610LN 2023 full set neuve 12.600€\n126710BLRO jubilé 2022 FS TBE 18.900€\n"
+        "116500LN blanc 2019 FS TBE 27.500€\n124270 2022 FS neuve 7.300€\n"
+    )
+    info = extract_watch_info(text)
+    assert info.message_type == "sale"
+    assert [w.reference for w in info.watches] == ["126610LN", "126710BLRO", "116500LN", "124270"]
+    assert [w.price for w in info.watches] == [12600, 18900, 27500, 7300]
+    assert [w.model for w in info.watches] == ["Submariner", "GMT-Master II", "Daytona", "Explorer"]
+
+
+def test_twelve_line_list_gives_twelve_watches() -> None:
+    refs = ["126610LN", "126710BLRO", "116500LN", "124270", "126500LN", "228239",
+            "126334", "326934", "126622", "116610LV", "126711CHNR", "214270"]  # fmt: skip
+    text = "Dispo:\n" + "\n".join(f"{r} 2022 full set ${15 + i},500" for i, r in enumerate(refs))
+    info = extract_watch_info(text)
+    assert len(info.watches) == 12
+    assert [w.reference for w in info.watches] == refs
+    assert all(w.brand == "Rolex" and w.box for w in info.watches)
+
+
+def test_header_line_applies_to_every_watch() -> None:
+    text = "Tudor neuves stickers, carte 2024 :\nBB58 bleue 79030B — 3 450 €\nPelagos 39 25407N — 3 900 €"
+    info = extract_watch_info(text)
+    assert [(w.brand, w.model, w.condition, w.year, w.papers) for w in info.watches] == [
+        ("Tudor", "Black Bay", "new", 2024, True),
+        ("Tudor", "Pelagos", "new", 2024, True),
+    ]
+
+
+def test_rates_override_and_default_table() -> None:
+    (w,) = extract_watch_info("WTS 126610LN $10,000", rates={"USD": 0.5}).watches
+    assert w.price_eur == 5000
+    assert RATES_DATE and DEFAULT_EUR_RATES["EUR"] == 1.0
+    assert to_eur(100, "XXX") is None
+
+
+def test_empty_and_chatter() -> None:
+    assert extract_watch_info("") == WatchInfo()
+    assert extract_watch_info("   \n ").watches == []
+    info = extract_watch_info("mdr la tête du gars quand il a vu le prix 😂")
+    assert info.message_type == "other" and info.watches == []
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=3000))
+def test_any_text_gives_a_valid_watchinfo(text: str) -> None:
+    info = extract_watch_info(text)
+    assert isinstance(info, WatchInfo)
+    WatchInfo.model_validate(info.model_dump())
+
+
+_PIECES = st.sampled_from(
+    ["Rolex", "126610LN", "$", "€", "8,2k", "k", "18k", " ", "\n", "-", "/", ".", "5711/1A-010", "full set", "2020",
+     "41mm", "06 12 34 56 78", "WTB", "Vends", "?", "0", "9", "RM", "PAM", "×" * 3, "\u202f", "ǅ", "İ"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=400).map("".join))
+def test_dealer_like_noise_never_raises(text: str) -> None:
+    info = extract_watch_info(text)
+    for w in info.watches:
+        assert w.price is None or w.price > 0
+        assert 0.0 <= info.confidence <= 1.0
+
+
+def test_very_long_message_is_bounded() -> None:
+    text = ("WTS 126610LN full set $14,500\n" * 5000) + "x" * 100_000
+    info = extract_watch_info(text)
+    assert info.message_type == "sale"
+    assert len(info.watches) > 100
