@@ -1,8 +1,9 @@
 """The embedded default store: stdlib sqlite3 in WAL mode, exact vector search with numpy, FTS5 keywords.
 
 sqlite3 is blocking, so every call runs on one dedicated thread (one connection, serialised writes);
-the event loop never waits on disk. Vectors are little-endian float32 blobs; an in-memory matrix per
-embedding model keeps search a single matrix-vector product, refreshed when any connection writes.
+the event loop never waits on disk. Vectors are little-endian float32 blobs; an in-memory column-major
+matrix per embedding model keeps search one (sparse or dense) matrix-vector product, refreshed when any
+connection writes.
 """
 
 from __future__ import annotations
@@ -248,12 +249,47 @@ def _filter_values(filters: SearchFilters) -> list[Any]:
 
 
 class _VectorIndex:
-    """Every vector of one embedding model as one float32 matrix, rows in listing-id order."""
+    """Every vector of one embedding model, rows in listing-id order, stored column-major.
+
+    Column-major (dimensions x listings) because the offline embedder's vectors are sparse: a query touches
+    only its non-zero dimensions, each one contiguous row here, so 100k listings score in a few ms. A dense
+    query (OpenAI) is one matrix-vector product either way. Capacity grows by doubling so appends are cheap.
+    """
 
     def __init__(self, dimensions: int) -> None:
+        self.dims = dimensions
         self.ids = np.empty(0, dtype=np.int64)
-        self.matrix = np.empty((0, dimensions), dtype=np.float32)
+        self.columns = np.empty((dimensions, 0), dtype=np.float32)
+        self.size = 0
         self.max_id = 0
+        self.version: tuple[int, int] | None = None
+
+    def append(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        needed = self.size + len(ids)
+        if needed > self.columns.shape[1]:
+            grown = np.empty((self.dims, max(needed, 2 * self.columns.shape[1], 1024)), dtype=np.float32)
+            grown[:, : self.size] = self.columns[:, : self.size]
+            self.columns = grown
+        self.columns[:, self.size : needed] = rows.T
+        self.ids = np.concatenate([self.ids, ids])
+        self.size = needed
+        self.max_id = int(self.ids[-1]) if needed else 0
+
+    def scores(self, query: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+        """Cosine scores (vectors are unit length) of every row, or of `positions` only."""
+        used = self.columns[:, : self.size]
+        nonzero = np.flatnonzero(query)
+        if len(nonzero) <= self.dims // 4:
+            if positions is not None and len(positions) < 4096:
+                return query[nonzero] @ used[np.ix_(nonzero, positions)]
+            total = np.zeros(self.size, dtype=np.float32)
+            for dim in nonzero:
+                total += query[dim] * used[dim]
+            return total if positions is None else total[positions]
+        if positions is not None and len(positions) < self.size // 8:
+            return query @ used[:, positions]
+        total = query @ used
+        return total if positions is None else total[positions]
 
 
 class SQLiteStore:
@@ -270,7 +306,6 @@ class SQLiteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
         self._indexes: dict[str, _VectorIndex] = {}
-        self._index_data_version: int | None = None
         self._lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------------
@@ -500,9 +535,12 @@ class SQLiteStore:
     # -- search -------------------------------------------------------------------------------------
 
     def _refresh_index(self, conn: sqlite3.Connection, model: str) -> _VectorIndex | None:
-        """Bring the model's matrix up to date: append new rows, or reload when rows changed otherwise."""
-        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        """Bring the model's vectors up to date: append new rows, or reload when rows changed otherwise."""
+        # Nothing was written by anyone since the last refresh: skip the count (a scan at 100k rows).
+        version = (conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
         index = self._indexes.get(model)
+        if index is not None and index.version == version:
+            return index
         count = conn.execute(
             "SELECT count(*), max(id) FROM watch_listings WHERE embedding_model = ? AND embedding IS NOT NULL",
             (model,),
@@ -511,8 +549,8 @@ class SQLiteStore:
         if total == 0:
             self._indexes.pop(model, None)
             return None
-        if index is not None and len(index.ids) == total and index.max_id == max_id:
-            self._index_data_version = data_version
+        if index is not None and index.size == total and index.max_id == max_id:
+            index.version = version
             return index
         rows_after = 0 if index is None else index.max_id
         rows = conn.execute(
@@ -520,7 +558,7 @@ class SQLiteStore:
             "AND id > ? ORDER BY id",
             (model, rows_after),
         ).fetchall()
-        if index is not None and len(index.ids) + len(rows) != total:
+        if index is not None and index.size + len(rows) != total:
             # Rows were deleted or re-embedded: rebuild from scratch.
             index = None
             rows = conn.execute(
@@ -528,20 +566,17 @@ class SQLiteStore:
                 "ORDER BY id",
                 (model,),
             ).fetchall()
-        if not rows and index is not None:
-            return index
-        dims = len(rows[0][1]) // 4 if rows else index.matrix.shape[1]  # type: ignore[union-attr]
-        new_ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-        new_matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), dims)
+        if rows:
+            dims = len(rows[0][1]) // 4
+            if index is None or index.dims != dims:
+                index = _VectorIndex(dims)
+            new_ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+            new_rows = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), dims)
+            index.append(new_ids, new_rows)
         if index is None:
-            index = _VectorIndex(dims)
-            index.ids, index.matrix = new_ids, np.ascontiguousarray(new_matrix)
-        else:
-            index.ids = np.concatenate([index.ids, new_ids])
-            index.matrix = np.concatenate([index.matrix, new_matrix])
-        index.max_id = int(index.ids[-1])
+            return None
+        index.version = version
         self._indexes[model] = index
-        self._index_data_version = data_version
         return index
 
     def _fetch_hits(self, conn: sqlite3.Connection, scored: list[tuple[int, float]]) -> list[ListingHit]:
@@ -567,31 +602,32 @@ class SQLiteStore:
 
         def _search(conn: sqlite3.Connection) -> list[ListingHit]:
             index = self._refresh_index(conn, model)
-            if index is None or index.matrix.shape[1] != query.shape[0]:
+            if index is None or index.dims != query.shape[0]:
                 return []
+            positions: np.ndarray | None = None
             if _has_filters(filters):
                 where, params = _filter_sql(filters)
-                candidate_ids = np.fromiter(
-                    (
-                        row[0]
-                        for row in conn.execute(
-                            "SELECT l.id FROM watch_listings l JOIN whatsapp_messages m ON m.id = l.message_id "
-                            f"WHERE l.embedding_model = ? AND {where}",
-                            [model, *params],
-                        )
-                    ),
-                    dtype=np.int64,
+                # The messages table is joined only when a filter needs it (since, sender).
+                join = (
+                    "JOIN whatsapp_messages m ON m.id = l.message_id "
+                    if filters.since is not None or filters.sender_id
+                    else ""
                 )
-                positions = np.searchsorted(index.ids, candidate_ids)
-                positions = positions[positions < len(index.ids)]
-                positions = positions[index.ids[positions] == candidate_ids[: len(positions)]]
+                candidate_ids = np.array(
+                    conn.execute(
+                        f"SELECT l.id FROM watch_listings l {join}WHERE l.embedding_model = ? AND {where}",
+                        [model, *params],
+                    ).fetchall(),
+                    dtype=np.int64,
+                ).reshape(-1)
+                found = np.searchsorted(index.ids, candidate_ids)
+                inside = found < index.size
+                found, candidate_ids = found[inside], candidate_ids[inside]
+                positions = np.sort(found[index.ids[found] == candidate_ids])
                 if len(positions) == 0:
                     return []
-                scores = index.matrix[positions] @ query
-                ids = index.ids[positions]
-            else:
-                scores = index.matrix @ query
-                ids = index.ids
+            scores = index.scores(query, positions)
+            ids = index.ids if positions is None else index.ids[positions]
             k = min(limit, len(scores))
             top = np.argpartition(-scores, k - 1)[:k]
             top = top[np.argsort(-scores[top], kind="stable")]
