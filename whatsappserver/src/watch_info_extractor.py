@@ -496,13 +496,12 @@ class _Mention:
 
 def _find_alias_mentions(folded: str, original: str, taken: list[tuple[int, int]]) -> list[_Mention]:
     out: list[_Mention] = []
-
-    def overlaps(s: int, e: int) -> bool:
-        return any(s < te and ts < e for ts, te in taken)
-
+    covered = bytearray(len(folded) + 1)
+    for ts, te in taken:
+        covered[ts:te] = b"\x01" * (te - ts)
     for m in _ALIAS_RE.finditer(folded):
         s, e = m.span()
-        if overlaps(s, e):
+        if covered[s] or covered[e - 1]:
             continue
         key = _WS_RE.sub(" ", m.group())
         alias = _ALIASES.get(key)
@@ -511,12 +510,12 @@ def _find_alias_mentions(folded: str, original: str, taken: list[tuple[int, int]
         if alias.upper_only and not original[s:e].isupper():
             continue
         out.append(_Mention(s, e, alias.brand, alias.family, alias.weak))
-    covered = [(x.start, x.end) for x in out] + taken
+        covered[s:e] = b"\x01" * (e - s)
     for m in _WORD_RE.finditer(folded):
         s, e = m.span()
-        if (s > 0 and folded[s - 1].isalnum()) or (e < len(folded) and folded[e].isalnum()):
+        if covered[s] or covered[e - 1]:
             continue
-        if any(s < ce and cs < e for cs, ce in covered):
+        if (s > 0 and folded[s - 1].isalnum()) or (e < len(folded) and folded[e].isalnum()):
             continue
         key = _fuzzy_alias(m.group())
         if key is not None:
@@ -715,6 +714,11 @@ _FS_START_RE = re.compile(r"^\W*fs\b")
 _LEADING_FS_RE = re.compile(r"^\W*(?:fs|f/s)(?![a-z])")
 
 
+_INTENT_WINDOW = (
+    600  # dealers state what they do up front; scanning a whole stock list for it only costs time
+)
+
+
 def _intent(folded: str) -> tuple[MessageType | None, int]:
     """The first stated intent and where it is; None when the text states none."""
     if _LEADING_FS_RE.match(folded):
@@ -880,14 +884,23 @@ def _attrs(span_folded: str, span_original: str, prices: list[_Price], offset: i
 
 
 def _mask_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    """Blank the given spans (keeping newlines, so lines stay lines)."""
     if not spans:
         return text
-    chars = list(text)
-    for s, e in spans:
-        for i in range(s, min(e, len(chars))):
-            if chars[i] != "\n":
-                chars[i] = " "
-    return "".join(chars)
+    parts: list[str] = []
+    pos = 0
+    for start, end in spans:
+        if start < pos:
+            continue
+        parts.append(text[pos:start])
+        parts.append(_NON_NEWLINE_RE.sub(" ", text[start:end]))
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+_NEWLINE_RE = re.compile("\n")
+_NON_NEWLINE_RE = re.compile("[^\n]")
 
 
 def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Mention]]:
@@ -937,7 +950,7 @@ def extract_watch_info(text: str, rates: Mapping[str, float] | None = None) -> W
 
 def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
     original, folded, prices, refs, mentions = _analyse(text)
-    line_starts = [0] + [i + 1 for i, ch in enumerate(original) if ch == "\n"]
+    line_starts = [0] + [m.end() for m in _NEWLINE_RE.finditer(original)]
     n_lines = len(line_starts)
     line_ends = [*(s - 1 for s in line_starts[1:]), len(original)]
     line_has_price = [False] * n_lines
@@ -968,7 +981,7 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
         kept.append(m)
     groups = _group_mentions(kept, line_starts, line_has_price)
 
-    intent, _pos = _intent(folded)
+    intent, _pos = _intent(folded[:_INTENT_WINDOW])
     has_question = "?" in folded
     if intent == "other":
         return WatchInfo(message_type="other", confidence=0.6, watches=[])
