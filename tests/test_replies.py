@@ -213,6 +213,19 @@ async def test_wanted_message_gets_one_reply_with_the_matches(services: Services
     assert len(sender.sent) == 1
 
 
+async def test_a_question_gets_a_reply_and_never_counts_as_a_sale(services: Services) -> None:
+    sender = FakeSender()
+    await post(services, inbound("Vends Rolex Daytona 126500LN neuve 29 000 €", SELLER, name="Alice Faux"))
+    make_replier(services, sender)
+    await post(services, inbound("Recherche Rolex Daytona", OTHER_SELLER))  # wanted: answered with the sale
+    sender.sent.clear()
+    question = inbound("Qui vend une Daytona ?", BUYER)
+    await post(services, question)
+    # one reply to the question, and no "new listing" alert to the Daytona hunter
+    assert [(s["to"], s["reply_to"]) for s in sender.sent] == [(BUYER, question.id)]
+    assert "Rolex Daytona 126500LN" in sender.sent[0]["text"]
+
+
 async def test_no_reply_to_own_messages_exports_sales_or_when_off(services: Services) -> None:
     sender = FakeSender()
     make_replier(services, sender, alerts=False)

@@ -39,6 +39,21 @@ _FRENCH = re.compile(
 )
 
 
+# "Qui vend une Daytona ?" names a watch and "vend": the extractor may call it a sale. It is a question.
+_QUESTION_START = re.compile(
+    r"^\s*(?:qui\b|quelqu.un\b|est.ce que\b|avez.vous\b|vous avez\b|y a.t.il\b|anyone\b|any1\b|who\b|"
+    r"does anyone\b|has anyone\b|is there\b|do you have\b|where\b)",
+    re.IGNORECASE,
+)
+
+
+def effective_type(text: str, message_type: str) -> str:
+    """The extractor's type, except that a sentence asking who sells something is a question, not a sale."""
+    if message_type in ("sale", "other") and "?" in text and _QUESTION_START.match(text):
+        return "question"
+    return message_type
+
+
 class Sender(Protocol):
     """The part of WhatsAppClient replies use (a fake in tests)."""
 
@@ -243,9 +258,10 @@ class Replier:
         return searcher
 
     async def on_processed(self, message: StoredMessage, info: WatchInfo) -> None:
-        if self.options.auto_reply and info.message_type in REPLY_TYPES:
+        kind = effective_type(message.text, info.message_type)
+        if self.options.auto_reply and kind in REPLY_TYPES:
             await self.auto_reply(message, info)
-        if self.options.alerts and info.message_type == "sale" and info.watches:
+        if self.options.alerts and kind == "sale" and info.watches:
             await self.send_alerts(message, info)
 
     async def find_matches(self, message: StoredMessage, info: WatchInfo) -> list[ListingHit]:

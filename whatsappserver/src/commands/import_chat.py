@@ -102,8 +102,11 @@ async def import_export(
     summary = ImportSummary(chat=name, date_order=order)
     new_ids: set[str] = set()
 
+    processed_ids: set[str] = set()
+
     async def count_listings(message: StoredMessage, info: WatchInfo) -> None:
-        if message.id in new_ids:
+        if message.id in new_ids and message.id not in processed_ids:
+            processed_ids.add(message.id)
             summary.processed += 1
             if info.watches:
                 summary.listings_by_type[info.message_type] += len(info.watches)
@@ -133,7 +136,12 @@ async def import_export(
                 on_progress(done, guess.headers)
     finally:
         services.pipeline.hooks.remove(count_listings)
-    summary.failed = summary.new - summary.processed  # recorded with last_error; the worker retries them
+    # Not seen by our hook: failed (recorded with last_error, retried later), or taken by a running server's
+    # worker on the same store, which is fine. Only those few are looked up.
+    for message_id in new_ids - processed_ids:
+        stored = await services.store.get_message(message_id)
+        if stored is not None and (stored.status == "failed" or stored.last_error):
+            summary.failed += 1
     return summary
 
 
