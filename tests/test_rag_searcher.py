@@ -19,6 +19,7 @@ from src.rag_searcher import RagSearcher
 from src.store.base import InboundMessage, ListingRecord, SearchFilters, Store
 from src.store.sqlite import SQLiteStore
 from tests.fake_openai import FakeOpenAI
+from tests.postgres_server import pg_server, pg_template, pg_url  # noqa: F401 - fixtures
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -262,15 +263,8 @@ def _settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-def _postgres_available() -> bool:
-    try:
-        import src.store.postgres  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-BACKENDS = ["sqlite"]
+# Every backend passes the same search tests; Postgres is skipped only where pgserver cannot start.
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
