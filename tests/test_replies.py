@@ -393,3 +393,33 @@ def test_wanted_message_to_the_webhook_produces_exactly_one_reply_request(tmp_pa
         assert [r["json"]["message_id"] for r in graph.reads()] == [wanted["id"]]
         log = (tmp_path / "server.log").read_text()
         assert BUYER not in log and "cherche" not in log
+
+
+# -- start-up wiring ------------------------------------------------------------------------------------
+
+
+def test_start_up_wires_the_client_and_hook_only_when_asked(make_settings: Callable[..., Settings]) -> None:
+    from fastapi.testclient import TestClient
+
+    from app import create_app
+    from src.whatsapp.client import WhatsAppClient
+
+    with TestClient(create_app(make_settings())) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        assert "whatsapp_client" not in services.extras and services.pipeline.hooks == []
+    settings = make_settings(AUTO_REPLY=True, WHATSAPP_ACCESS_TOKEN="EAAtest", WHATSAPP_PHONE_NUMBER_ID="1")
+    with TestClient(create_app(settings)) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        assert isinstance(services.extras["whatsapp_client"], WhatsAppClient)
+        assert services.extras["replier"].on_processed in services.pipeline.hooks
+
+
+def test_replies_refuse_to_start_without_credentials(make_settings: Callable[..., Settings]) -> None:
+    from fastapi.testclient import TestClient
+
+    from app import create_app
+    from src.whatsapp.client import WhatsAppConfigError
+
+    app = create_app(make_settings(ALERTS=True, WHATSAPP_ACCESS_TOKEN="", WHATSAPP_PHONE_NUMBER_ID="1"))
+    with pytest.raises(WhatsAppConfigError, match="WHATSAPP_ACCESS_TOKEN"), TestClient(app):
+        pass
