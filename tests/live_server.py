@@ -30,9 +30,18 @@ def free_port() -> int:
 
 class LiveServer:
     def __init__(
-        self, env: dict[str, str] | None = None, port: int | None = None, log_path: Path | None = None
+        self,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        log_path: Path | None = None,
+        *,
+        app: str = "app:app",
+        cwd: Path = SERVER_DIR,
+        ready_path: str = "/health",
+        extra_args: tuple[str, ...] = (),
     ):
         self.port = port or free_port()
+        self.app, self.cwd, self.ready_path, self.extra_args = app, cwd, ready_path, extra_args
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **{
@@ -48,8 +57,18 @@ class LiveServer:
     def start(self, timeout: float = 30.0) -> LiveServer:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=SERVER_DIR,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                self.app,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *self.extra_args,
+            ],
+            cwd=self.cwd,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT if self.log_path else subprocess.DEVNULL,
@@ -59,13 +78,13 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log_path}")
             try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code in (200, 503):
-                    return self
+                httpx.get(self.url + self.ready_path, timeout=1.0)
+                return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise TimeoutError(f"server did not answer /health within {timeout}s")
+        raise TimeoutError(f"server did not answer {self.ready_path} within {timeout}s")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, as in a crash."""

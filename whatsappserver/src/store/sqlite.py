@@ -9,6 +9,7 @@ connection writes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 import threading
@@ -307,6 +308,8 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._indexes: dict[str, _VectorIndex] = {}
         self._lock = threading.Lock()
+        self._insert_queue: list[tuple[list[InboundMessage], asyncio.Future[list[str]]]] = []
+        self._insert_flush_scheduled = False
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -384,10 +387,44 @@ class SQLiteStore:
     # -- intake and queue ---------------------------------------------------------------------------
 
     async def insert_messages(self, messages: list[InboundMessage]) -> list[str]:
-        def _insert(conn: sqlite3.Connection) -> list[str]:
-            now = _now()
+        """Group commit: concurrent calls share one transaction (one fsync), each gets its own answer."""
+        if not messages:
+            return []
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[str]] = loop.create_future()
+        with self._lock:
+            self._insert_queue.append((messages, future))
+            schedule = not self._insert_flush_scheduled
+            self._insert_flush_scheduled = True
+        if schedule:
+            loop.run_in_executor(self._executor, self._flush_inserts, loop)
+        return await future
+
+    def _flush_inserts(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the SQLite thread: write every queued insert in one transaction, then answer each caller."""
+        while True:
+            with self._lock:
+                batch, self._insert_queue = self._insert_queue, []
+                if not batch:
+                    self._insert_flush_scheduled = False
+                    return
+            try:
+                groups = [messages for messages, _ in batch]
+                results = self._call(functools.partial(self._insert_batch, groups=groups))
+            except BaseException as exc:  # every caller of the group gets the error: all or nothing
+                for _, future in batch:
+                    loop.call_soon_threadsafe(_set_exception, future, exc)
+                continue
+            for (_, future), inserted in zip(batch, results, strict=True):
+                loop.call_soon_threadsafe(_set_result, future, inserted)
+
+    @staticmethod
+    def _insert_batch(conn: sqlite3.Connection, groups: list[list[InboundMessage]]) -> list[list[str]]:
+        now = _now()
+        results: list[list[str]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for messages in groups:
             inserted: list[str] = []
-            conn.execute("BEGIN IMMEDIATE")
             for message in messages:
                 cursor = conn.execute(
                     "INSERT INTO whatsapp_messages (id, source, chat_id, sender_id, sender_name, sent_at, "
@@ -408,12 +445,9 @@ class SQLiteStore:
                 )
                 if cursor.rowcount == 1:
                     inserted.append(message.id)
-            conn.execute("COMMIT")
-            return inserted
-
-        if not messages:
-            return []
-        return await self._run(_insert)
+            results.append(inserted)
+        conn.execute("COMMIT")
+        return results
 
     async def apply_edit(self, message_id: str, new_text: str, raw: dict[str, Any]) -> bool:
         def _edit(conn: sqlite3.Connection) -> bool:
@@ -759,6 +793,16 @@ class SQLiteStore:
             return cursor.rowcount == 1
 
         return await self._run(_record)
+
+
+def _set_result(future: asyncio.Future[list[str]], value: list[str]) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[list[str]], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 def _fts_terms(query: str) -> list[str]:
