@@ -46,17 +46,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         services = await build_services(settings)
         app.state.services = services
-        for setup in app.state.startup_hooks:
-            await setup(services)
-        if settings.WORKER_ENABLED:
-            services.pipeline.start()
-        log.info(
-            "ready: store=%s embedding_model=%s worker=%s",
-            services.store.backend_name,
-            services.embedder.model_name,
-            "on" if settings.WORKER_ENABLED else "off",
-        )
         try:
+            for setup in app.state.startup_hooks:
+                await setup(services)
+            if settings.WORKER_ENABLED:
+                services.pipeline.start()
+            log.info(
+                "ready: store=%s embedding_model=%s worker=%s",
+                services.store.backend_name,
+                services.embedder.model_name,
+                "on" if settings.WORKER_ENABLED else "off",
+            )
             yield
         finally:
             await services.aclose()
