@@ -12,6 +12,9 @@ Fixtures (import them into a test module or conftest: `from tests.postgres_serve
 - `pg_url`             function URL of a fresh database with every migration applied
 - `pg_module_url`      module   the same, shared by every test of one module
 
+The cluster has Supabase's API roles (`anon`, `authenticated`, `service_role` with BYPASSRLS) and its
+default grants, created before the migrations run, so the migrations' Supabase branch runs too.
+
 Without Postgres (pgserver missing or failing to start) the tests that use these fixtures are skipped,
 except on CI (`CI=true`), where that is a failure: the Postgres backend is never silently untested.
 """
@@ -32,7 +35,15 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-__all__ = ["PgServer", "pg_empty_url", "pg_module_url", "pg_server", "pg_template", "pg_url"]
+__all__ = [
+    "SUPABASE_ROLES_SQL",
+    "PgServer",
+    "pg_empty_url",
+    "pg_module_url",
+    "pg_server",
+    "pg_template",
+    "pg_url",
+]
 
 
 @dataclass
@@ -58,6 +69,29 @@ class PgServer:
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# Make the cluster look like Supabase's: its API roles and default grants. Run before the migrations so
+# their Supabase branch (revoke from anon/authenticated, grant to service_role) is exercised.
+SUPABASE_ROLES_SQL = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN CREATE ROLE anon NOLOGIN; END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+        CREATE ROLE authenticated NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+        CREATE ROLE service_role NOLOGIN BYPASSRLS;
+    END IF;
+END
+$$;
+GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
+CREATE SCHEMA IF NOT EXISTS extensions;
+GRANT USAGE ON SCHEMA extensions TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+"""
 
 
 def _unavailable(reason: str) -> None:
@@ -94,6 +128,8 @@ def pg_template(pg_server: PgServer) -> str:
     from src.commands.migrate import apply_migrations
 
     name = pg_server.create_database()
+    with psycopg.connect(pg_server.url(name), autocommit=True) as conn:
+        conn.execute(SUPABASE_ROLES_SQL)
     # On a thread: this fixture may be set up while an async test's event loop is running.
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(asyncio.run, apply_migrations(pg_server.url(name))).result()

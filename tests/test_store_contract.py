@@ -24,11 +24,13 @@ from src.store.base import (
 )
 from src.store.postgres import PostgresStore
 from src.store.sqlite import SQLiteStore
+from src.store.supabase import SupabaseStore
 from tests.postgres_server import pg_server, pg_template, pg_url  # noqa: F401 - fixtures
+from tests.supabase_replay import PostgrestReplay
 
 DIMS = 1536
 MODEL = "test-model-1536"
-BACKENDS = ["sqlite", "postgres"]
+BACKENDS = ["sqlite", "postgres", "supabase"]
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 
 
@@ -94,19 +96,22 @@ def listing(
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     backend: Store
+    replay: PostgrestReplay | None = None
     if request.param == "sqlite":
         backend = SQLiteStore(tmp_path / "contract.sqlite3", synchronous="OFF")
     elif request.param == "postgres":
         backend = PostgresStore(request.getfixturevalue("pg_url"), dimensions=DIMS, max_connections=4)
     else:
-        from tests.supabase_replay import supabase_store
-
-        backend = await supabase_store(request.getfixturevalue("pg_url"), request)
-    await backend.open()
+        replay = PostgrestReplay(request.getfixturevalue("pg_url"))
+        await replay.start()
+        backend = SupabaseStore(replay.url, replay.service_key, dimensions=DIMS)
     try:
+        await backend.open()
         yield backend
-    finally:
         await backend.close()
+    finally:
+        if replay is not None:
+            await replay.stop()
 
 
 async def seed(store: Store, specs: list[tuple[InboundMessage, list[ListingRecord]]]) -> None:
@@ -593,3 +598,51 @@ async def test_row_level_security_hides_everything_from_anon(pg_url: str) -> Non
         with conn.transaction(), pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SET LOCAL ROLE anon")
             conn.execute("SELECT * FROM public.claim_pending_messages(10, 60)")
+
+
+# -- Supabase only -------------------------------------------------------------------------------
+
+
+async def test_supabase_vector_queries_go_through_rpc(pg_url: str) -> None:  # noqa: F811
+    replay = PostgrestReplay(pg_url)
+    await replay.start()
+    store = SupabaseStore(replay.url, replay.service_key)
+    try:
+        await store.open()
+        await store.check_embedding_dimension(MODEL, DIMS)
+        await _seed_market(store)
+        replay.requests.clear()
+        await store.search_vector(vec(10), MODEL, SearchFilters(brand="Rolex"), 5)
+        await store.search_hybrid("sub", vec(10), MODEL, SearchFilters(), 5)
+        assert replay.requests == [
+            ("POST", "rpc/match_watch_listings"),
+            ("POST", "rpc/hybrid_search_watch_listings"),
+        ]
+    finally:
+        await store.close()
+        await replay.stop()
+
+
+async def test_supabase_down_is_unavailable(pg_url: str) -> None:  # noqa: F811
+    import httpx
+    import respx
+
+    from src.store.base import StoreError, StoreUnavailable
+
+    store = SupabaseStore("https://down-project.supabase.test", "key")
+    with respx.mock(assert_all_called=False) as router:
+        route = router.route(host="down-project.supabase.test")
+        route.side_effect = httpx.ConnectError("connection refused")
+        with pytest.raises(StoreUnavailable):
+            await store.open()
+        route.side_effect = None
+        route.return_value = httpx.Response(504, json={"code": "PGRST003", "message": "pool timeout"})
+        with pytest.raises(StoreUnavailable):
+            await store.open()
+        route.return_value = httpx.Response(401, json={"code": "PGRST301", "message": "JWT invalid"})
+        with pytest.raises(StoreError, match="SUPABASE_SERVICE_ROLE_KEY"):
+            await store.open()
+        route.return_value = httpx.Response(404, json={"code": "PGRST205", "message": "no table"})
+        with pytest.raises(StoreError, match="migrations"):
+            await store.open()
+    await store.close()

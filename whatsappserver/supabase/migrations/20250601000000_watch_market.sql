@@ -515,13 +515,14 @@ begin
                 else x.embedding::text::vector end,
            x.embedding_model
     from jsonb_array_elements(results) with ordinality as r(value, ord)
-    cross join lateral jsonb_to_recordset(coalesce(r.value -> 'listings', '[]'::jsonb))
-        with ordinality as x(position integer, message_type text, brand text, model text, reference text,
-                             price double precision, currency text, price_eur double precision,
-                             condition text, year integer, size_mm double precision, movement text,
-                             box boolean, papers boolean, confidence double precision, text text,
-                             embedding jsonb, embedding_model text, ord bigint)
-    order by r.ord, x.ord;
+    cross join lateral jsonb_array_elements(coalesce(r.value -> 'listings', '[]'::jsonb))
+        with ordinality as e(value, ord)
+    cross join lateral jsonb_to_record(e.value)
+        as x(position integer, message_type text, brand text, model text, reference text,
+             price double precision, currency text, price_eur double precision, condition text,
+             year integer, size_mm double precision, movement text, box boolean, papers boolean,
+             confidence double precision, text text, embedding jsonb, embedding_model text)
+    order by r.ord, e.ord;
     update public.whatsapp_messages
     set status = 'processed', processed_at = now(), last_error = null, claimed_until = null,
         next_attempt_at = null
@@ -697,6 +698,10 @@ begin
             execute format('grant execute on function %s to service_role', fn);
         end if;
     end loop;
+    -- The functions cast to `vector`, which lives in `extensions` on Supabase (granted there already).
+    if exists (select 1 from pg_roles where rolname = 'service_role') then
+        grant usage on schema extensions to service_role;
+    end if;
     foreach api_role in array array['anon', 'authenticated'] loop
         if exists (select 1 from pg_roles where rolname = api_role) then
             execute format('revoke all on public.whatsapp_messages, public.watch_listings, '
