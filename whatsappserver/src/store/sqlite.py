@@ -641,17 +641,23 @@ class SQLiteStore:
             positions: np.ndarray | None = None
             if _has_filters(filters):
                 where, params = _filter_sql(filters)
-                # The messages table is joined only when a filter needs it (since, sender).
+                # The messages table is joined only when a filter needs it (since, sender). No condition on
+                # embedding_model: that column sits after the vector blob, so reading it walks the blob's
+                # overflow pages for every row; rows of other models simply are not in the index.
                 join = (
                     "JOIN whatsapp_messages m ON m.id = l.message_id "
                     if filters.since is not None or filters.sender_id
                     else ""
                 )
+                if filters.reference:
+                    # LIKE cannot use the reference index; a range on the same prefix can. The type index
+                    # ("sale" is half the rows) is disabled with unary + so the planner takes a selective one.
+                    prefix = normalize_reference(filters.reference)
+                    where = "l.reference_norm >= ? AND l.reference_norm < ? AND " + where
+                    params = [prefix, prefix + "\uffff", *params]
+                where = where.replace("l.message_type = ?", "+l.message_type = ?")
                 candidate_ids = np.array(
-                    conn.execute(
-                        f"SELECT l.id FROM watch_listings l {join}WHERE l.embedding_model = ? AND {where}",
-                        [model, *params],
-                    ).fetchall(),
+                    conn.execute(f"SELECT l.id FROM watch_listings l {join}WHERE {where}", params).fetchall(),
                     dtype=np.int64,
                 ).reshape(-1)
                 found = np.searchsorted(index.ids, candidate_ids)
