@@ -24,7 +24,7 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
 def _ensure_venv(requirements: Path) -> None:
     """Create .venv and install `requirements` once; reinstall only when the file changes."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs on whatever python3 the user has
         sys.exit(f"Python 3.11 or newer is needed (this is {sys.version.split()[0]})")
     if not PYTHON.exists():
         print(f"creating virtual environment in {VENV}", flush=True)
