@@ -253,3 +253,30 @@ def test_very_long_message_is_bounded() -> None:
     info = extract_watch_info(text)
     assert info.message_type == "sale"
     assert len(info.watches) > 100
+
+
+# The prefiltered scanners must find exactly what their plain patterns find, on any text.
+_SCAN_PIECES = st.sampled_from(
+    ["new", "like new", "full set", "box", "papers", "b&p", "no papers", "2019", "05/2022", "jan 2021", "19",
+     "automatic", "manual", "quartz", "wtb", "wts", "for sale", "cherche", "avis", "prix", "price: 9000", " ",
+     "\n", "-", "/", ".", "x", "N12/24", "10/10", "tbe", "be", "pre-owned", "comme neuve", "boite papiers"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=300), st.lists(_SCAN_PIECES, max_size=60).map("".join)))
+def test_prefiltered_scanners_match_their_patterns(text: str) -> None:
+    import re
+
+    from src import watch_info_extractor as wie
+
+    scanners = [v for v in vars(wie).values() if isinstance(v, wie._Scanner)]
+    assert len(scanners) >= 5
+    for scanner in scanners:
+        plain = re.compile(scanner.pattern)
+        for t in (text, text.lower()):
+            expected = [(m.span(), m.lastgroup) for m in plain.finditer(t)]
+            assert [(m.span(), m.lastgroup) for m in scanner.finditer(t)] == expected
+            got = scanner.search(t)
+            first = plain.search(t)
+            assert (got.span() if got else None) == (first.span() if first else None)

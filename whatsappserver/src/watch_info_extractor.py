@@ -24,7 +24,7 @@ import bisect
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -54,6 +54,124 @@ __all__ = [
 MAX_TEXT_CHARS = 20_000  # longer input is cut: no real message is longer, and time stays bounded
 
 
+# ---------------------------------------------------------------- fast scanning
+# Python's regex engine tries a pattern at every position of the text; for long alternations led by
+# lookbehinds (conditions, box and papers, intent words) that costs far more than the rare hits. A prefilter
+# of the literal prefixes the pattern's matches can start with jumps straight to the few positions where a
+# match may start, and the full pattern is tried only there: the matches found are exactly the pattern's.
+try:
+    from re import _constants as _sre_c
+    from re import _parser as _sre_parser
+except ImportError:  # pragma: no cover - other interpreters: fall back to plain scanning
+    _sre_parser = None
+
+_MAX_PREFIXES = 80  # more literal prefixes than this make the prefilter itself slow
+
+
+def _class_atom(items: list) -> str | None:
+    """A parsed character class back as regex source (one atom), or None when it is not a plain class."""
+    parts: list[str] = []
+    for op, av in items:
+        if op is _sre_c.LITERAL:
+            parts.append(re.escape(chr(av)))
+        elif op is _sre_c.RANGE:
+            parts.append(f"{re.escape(chr(av[0]))}-{re.escape(chr(av[1]))}")
+        elif op is _sre_c.CATEGORY and av is _sre_c.CATEGORY_DIGIT:
+            parts.append(r"\d")
+        else:
+            return None
+    return "[" + "".join(parts) + "]"
+
+
+def _prefixes(items: list, prefix: tuple[str, ...], k: int, out: set[tuple[str, ...]]) -> None:
+    """Collect every sequence of up to k atoms a match of `items` can begin with (a superset, never fewer)."""
+    if len(prefix) >= k or not items or len(out) > _MAX_PREFIXES:
+        out.add(prefix)
+        return
+    (op, av), rest = items[0], items[1:]
+    if op is _sre_c.LITERAL:
+        _prefixes(rest, (*prefix, re.escape(chr(av))), k, out)
+    elif op is _sre_c.IN:
+        atom = _class_atom(av)
+        if atom is None:
+            out.add(prefix)
+        elif all(o is _sre_c.LITERAL for o, _ in av):  # a few plain characters: one literal prefix each
+            for _op, ch in av:
+                _prefixes(rest, (*prefix, re.escape(chr(ch))), k, out)
+        else:
+            _prefixes(rest, (*prefix, atom), k, out)
+    elif op is _sre_c.BRANCH:
+        for alt in av[1]:
+            _prefixes(list(alt) + rest, prefix, k, out)
+    elif op is _sre_c.SUBPATTERN and not av[1] and not av[2]:  # a group without inline flags
+        _prefixes(list(av[3]) + rest, prefix, k, out)
+    elif op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
+        lo, hi, sub = av
+        for n in range(lo, min(hi, lo + k) + 1):
+            _prefixes(list(sub) * n + rest, prefix, k, out)
+    elif op in (_sre_c.ASSERT, _sre_c.ASSERT_NOT, _sre_c.AT):  # zero-width: skipping it only widens the set
+        _prefixes(rest, prefix, k, out)
+    else:
+        out.add(prefix)
+
+
+def _prefilter(pattern: str) -> re.Pattern[str] | None:
+    """A regex of the prefixes every match of `pattern` starts with; None when a match may start anywhere."""
+    if _sre_parser is None:
+        return None
+    items = list(_sre_parser.parse(pattern))
+    for k in (4, 3, 2):
+        out: set[tuple[str, ...]] = set()
+        _prefixes(items, (), k, out)
+        if len(out) > _MAX_PREFIXES:
+            continue  # too many to be quick: try shorter prefixes
+        if () in out:
+            return None  # a match may start anywhere
+        if True:
+            return re.compile(_atom_trie(sorted(out)))
+    return None
+
+
+def _atom_trie(prefixes: list[tuple[str, ...]]) -> str:
+    """Alternatives shaped as a trie, so the engine checks about one atom per position, not every prefix."""
+    if any(not p for p in prefixes):
+        return ""  # a shorter prefix already matches here
+    heads: dict[str, list[tuple[str, ...]]] = {}
+    for p in prefixes:
+        heads.setdefault(p[0], []).append(p[1:])
+    alts = [head + _atom_trie(tails) for head, tails in heads.items()]
+    return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+
+class _Scanner:
+    """A compiled pattern whose finditer/search skip ahead with a prefilter; results equal the pattern's."""
+
+    __slots__ = ("_pre", "_rx", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._rx = re.compile(pattern)
+        self._pre = _prefilter(pattern)
+
+    def finditer(self, text: str) -> Iterator[re.Match[str]]:
+        """Same matches as re.finditer (none of these patterns matches the empty string)."""
+        if self._pre is None:
+            yield from self._rx.finditer(text)
+            return
+        search, match = self._pre.search, self._rx.match
+        pos = 0
+        while (hint := search(text, pos)) is not None:
+            m = match(text, hint.start())
+            if m is None:
+                pos = hint.start() + 1
+            else:
+                yield m
+                pos = m.end()
+
+    def search(self, text: str) -> re.Match[str] | None:
+        return next(self.finditer(text), None)
+
+
 # ---------------------------------------------------------------- folding (same length as the input)
 def _build_fold_table() -> dict[int, str]:
     table: dict[int, str] = {}
@@ -79,6 +197,8 @@ _FOLD_TABLE = _build_fold_table()
 
 def _fold(text: str) -> str:
     """Lower-case, strip accents, unify quotes/dashes/spaces; keeps every index aligned with `text`."""
+    if text.isascii():  # the table only maps non-ASCII characters
+        return text.lower()
     folded = text.translate(_FOLD_TABLE).lower()
     if len(folded) != len(text):  # rare characters whose lower case is longer (e.g. "İ")
         folded = "".join(c if len(c.lower()) != 1 else c.lower() for c in text.translate(_FOLD_TABLE))
@@ -106,9 +226,10 @@ _PRICE_RE = re.compile(
     rf"(?:[ ]?(?:,-|\.-|\.--))?"
     rf"(?:[ ]?(?P<post>{_CUR_POST}))?"
 )
-_PRICE_KEYWORD_RE = re.compile(
+_PRICE_KEYWORD_RE = _Scanner(
     rf"\b(?:prix|price|px|asking|budget|tarif|ask)\s*:?\s*(?P<num>{_NUM})(?![\d.,]*\s?(?:mm|k\b))"
 )
+_DIGIT_RE = re.compile(r"\d")
 _GROUPED_RE = re.compile(r"^\d{1,3}(?:[ .,']\d{3})+(?:[.,]\d{1,2})?$")
 _CURRENCY_CODES = {
     "$": "USD", "us$": "USD", "usd": "USD", "dollar": "USD", "dollars": "USD", "bucks": "USD",
@@ -158,6 +279,8 @@ def _parse_number(num: str, has_mult: bool) -> float | None:
 def _find_prices(folded: str) -> list[_Price]:
     """Every price with a currency, a k/m multiplier or a price keyword, in text order."""
     found: list[_Price] = []
+    if not _DIGIT_RE.search(folded):  # every price has a number
+        return found
     for m in _PRICE_RE.finditer(folded):
         pre, post, mult = m.group("pre"), m.group("post"), m.group("mult")
         if not (pre or post or mult):
@@ -227,9 +350,14 @@ _PHONE_RE = re.compile(
 )
 
 
+# Every phone the mask blanks has eight digits separated only by these characters: without such a run the
+# (slow, lookbehind-led) phone scan cannot change the text.
+_PHONE_HINT_RE = re.compile(r"\d(?:[ .()+\-]*\d){7}")
+
+
 def _mask_phones(folded: str) -> str:
     """Blank out phone numbers so their digits are taken for nothing."""
-    if not any(ch.isdigit() for ch in folded) and "<phone>" not in folded:
+    if "<phone>" not in folded and not _PHONE_HINT_RE.search(folded):
         return folded
 
     def blank(m: re.Match[str]) -> str:
@@ -388,6 +516,8 @@ def _classify_reference(raw: str, explicit: bool) -> tuple[str, str | None, str 
 def _find_refs(masked: str) -> list[_Ref]:
     """Reference candidates in the phone- and price-masked folded text."""
     out: list[_Ref] = []
+    if not _DIGIT_RE.search(masked):  # every reference has a digit
+        return out
     for m in _REF_CANDIDATE_RE.finditer(masked):
         tok = m.group("tok")
         pfx = m.group("pfx")
@@ -511,7 +641,11 @@ def _find_alias_mentions(folded: str, original: str, taken: list[tuple[int, int]
             continue
         out.append(_Mention(s, e, alias.brand, alias.family, alias.weak))
         covered[s:e] = b"\x01" * (e - s)
-    for m in _WORD_RE.finditer(folded):
+    # Most words are no misspelt alias: look each distinct word up once and walk positions only for hits.
+    fuzzy = {w for w in set(_WORD_RE.findall(folded)) if _fuzzy_alias(w) is not None}
+    for m in _WORD_RE.finditer(folded) if fuzzy else ():
+        if m.group() not in fuzzy:
+            continue
         s, e = m.span()
         if covered[s] or covered[e - 1]:
             continue
@@ -526,7 +660,7 @@ def _find_alias_mentions(folded: str, original: str, taken: list[tuple[int, int]
 
 
 # ---------------------------------------------------------------- attributes
-_CONDITION_RE = re.compile(
+_CONDITION_RE = _Scanner(
     r"(?<![a-z])(?P<excellent>like[ -]?new|lnib|as new|comme neuve?s?|quasi[ -]neuve?s?|etat neuf|mint(?! green)|near mint"
     r"|slider|retail ready|excellent|pristine|top condition|10/10|very good|tres tres bon etat)(?![a-z])"
     r"|(?<![a-z])(?P<new>bnib|brand new|new|neuve?s?|neufs?|jamais portee?s?|never worn|unworn|non portee?|nos|n\d{1,2}/\d{2,4}"
@@ -538,7 +672,7 @@ _CONDITION_RE = re.compile(
 _NOT_NEW_RE = re.compile(r"new (?:york|number|member|members|group|to |one|ones|arrival|arrivals|year|price)")
 _ALT_RE = re.compile(r"^\s*(?:or|ou|/|,)\s*$")
 
-_BOX_PAPERS_RE = re.compile(
+_BOX_PAPERS_RE = _Scanner(
     r"(?P<none>naked|watch only|watch-only|montre seule|montre nue|head only|no box(?:,| or| and| ni| nor)? (?:no )?papers?|sans boite ni papiers)"
     r"|(?P<papers_only>watch (?:and|&|\+|w/) ?(?:\d{4} )?(?:card|cards|papers?|warranty)|minus (?:the )?box|w/c\b|w/card|papers only|card only|set minus box|no box|sans boite|without box)"
     r"|(?P<nobox>watch (?:and|&|\+) ?archives?)"
@@ -551,28 +685,41 @@ _BOX_PAPERS_RE = re.compile(
 _FULL_SET_EXCEPT_RE = re.compile(r"full (?:factory|diamond) set|factory setting")
 _OK_AFTER_RE = re.compile(r"\s*(?:ok|okay|accepted|acceptee?|possible|bienvenue?)\b")
 
-_YEAR_RE = re.compile(
-    r"(?<![\w./\-$€£])(?P<y>19[3-9]\d|20[0-3]\d)(?![\w%]|[ ]?[+]|[ ]?-[ ]?(?:19|20)\d\d|/\d)"
-)
-_MONTH_YEAR_RE = re.compile(
+_YEAR_RE = _Scanner(r"(?<![\w./\-$€£])(?P<y>19[3-9]\d|20[0-3]\d)(?![\w%]|[ ]?[+]|[ ]?-[ ]?(?:19|20)\d\d|/\d)")
+_MONTH_YEAR_RE = _Scanner(
     r"(?<![\w/.])(?:n)?(?:0?[1-9]|1[0-2])(?:/(?P<y>\d{2}|(?:19|20)\d\d)|[.](?P<y3>(?:19|20)\d\d))(?![\w/.])"
     r"|(?:jan|feb|fev|mar|apr|avr|may|mai|jun|juin|jul|juil|aug|aout|sep|oct|nov|dec)[a-z]*\.? (?P<y2>(?:19|20)\d\d)(?!\d)"
 )
-_YEAR_RANGE_RE = re.compile(
+_YEAR_RANGE_RE = _Scanner(
     r"(?:19|20)\d\d\s?[-–]\s?(?:19|20)?\d\d|(?:19|20)\d\d\s?(?:\+|ou plus|or newer|and up|and newer|or later|ou plus recent|minimum|min\b)"
 )
 _YEAR_SKIP_BEFORE_RE = re.compile(
     r"(?:revisee?|service[d]?|serviced in|entretien|polie?|polished|can be|depuis|since|annees|years?|yr)\W{0,3}(?:ap\W{0,2})?(?:en|in)?\W{0,2}$"
 )
 _SIZE_RE = re.compile(r"(?<![\w.])(?P<s>[2-6]\d(?:[.,]\d)?)\s?mm(?![a-z])")
-_MOVEMENT_RE = re.compile(
+_MOVEMENT_RE = _Scanner(
     r"(?<![a-z])(?P<automatic>automatic|automatique|auto|self[- ]winding|perpetual rotor|calibre auto)(?![a-z])"
     r"|(?<![a-z])(?P<manual>manual|manuel|hand[- ]wound|hand[- ]winding|remontage manuel|handwound)(?![a-z])"
     r"|(?<![a-z])(?P<quartz>quartz|quarz)(?![a-z])"
 )
 
 
-def _condition(span: str, original: str) -> Condition | None:
+class _Collapsed:
+    """The original span with whitespace runs collapsed, built only if a condition word needs its case."""
+
+    __slots__ = ("_raw", "_text")
+
+    def __init__(self, raw: str) -> None:
+        self._raw = raw
+        self._text: str | None = None
+
+    def __getitem__(self, key: slice) -> str:
+        if self._text is None:
+            self._text = _WS_RE.sub(" ", self._raw)
+        return self._text[key]
+
+
+def _condition(span: str, original: str | _Collapsed) -> Condition | None:
     """The stated condition; None when the dealer offers alternatives ('new or like new')."""
     hits: list[tuple[int, int, str]] = []
     for m in _CONDITION_RE.finditer(span):
@@ -648,16 +795,22 @@ def _box_papers(span: str) -> tuple[bool | None, bool | None]:
 
 def _year(span: str) -> int | None:
     """The production or card year: '2018', 'carte 2021', '05/2022', '4/25'; not ranges like '2019-2021'."""
-    ranges = [m.span() for m in _YEAR_RANGE_RE.finditer(span)]
+    ranges: list[tuple[int, int]] | None = None  # year ranges, found only once a year is seen
     best: tuple[int, int] | None = None
     for m in _YEAR_RE.finditer(span):
+        if ranges is None:
+            ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
         if any(s <= m.start() < e for s, e in ranges):
             continue
         if _YEAR_SKIP_BEFORE_RE.search(span[max(0, m.start() - 22) : m.start()]):
             continue
         best = (m.start(), int(m.group("y")))
         break
-    for m in _MONTH_YEAR_RE.finditer(span):
+    # Every month-year has a "/" or a year after a dot or a space: without one, skip the scan.
+    month_year = "/" in span or ".19" in span or ".20" in span or " 19" in span or " 20" in span
+    for m in _MONTH_YEAR_RE.finditer(span) if month_year else ():
+        if ranges is None:
+            ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
         if any(s <= m.start() < e for s, e in ranges):
             continue
         raw = m.group("y") or m.group("y2") or m.group("y3")
@@ -694,7 +847,7 @@ def _looks_french(folded: str) -> bool:
     return len(_FRENCH_RE.findall(folded)) >= 2
 
 
-_INTENT_RE = re.compile(
+_INTENT_RE = _Scanner(
     r"(?P<sale_phrase>cherche (?:un |des )?acheteurs?|looking for (?:a )?buyers?|who wants|qui veut|(?<![a-z])a vendre|for sale)"
     r"|(?<![a-z])(?P<trade>wtt|trade|trades|trading|swap|swaps|echange|echanger|exchange|troc|ft)(?![a-z])"
     r"|(?P<question>vous en pensez|vous pensez|tu en penses|tu penses|c'est normal|c'est une vraie|c'est un vrai|est-ce (?:que|une vraie)"
@@ -861,7 +1014,9 @@ class _Attrs:
     papers: bool | None = None
 
 
-def _attrs(span_folded: str, span_original: str, prices: list[_Price], offset: int, end: int) -> _Attrs:
+def _attrs(
+    span_folded: str, span_original: str | _Collapsed, prices: list[_Price], offset: int, end: int
+) -> _Attrs:
     a = _Attrs()
     for p in prices:
         if offset <= p.start < end and not p.extra:
@@ -874,7 +1029,7 @@ def _attrs(span_folded: str, span_original: str, prices: list[_Price], offset: i
             masked = masked[:s] + " " * (e - s) + masked[e:]
     if "\n" in masked or "  " in masked:
         masked = _WS_RE.sub(" ", masked)
-        span_original = _WS_RE.sub(" ", span_original)
+        span_original = _Collapsed(span_original)
     a.condition = _condition(masked, span_original)
     a.year = _year(masked)
     a.size = _size(masked)
