@@ -623,7 +623,7 @@ async def test_supabase_vector_queries_go_through_rpc(pg_url: str) -> None:  # n
         await replay.stop()
 
 
-async def test_supabase_down_is_unavailable(pg_url: str) -> None:  # noqa: F811
+async def test_supabase_down_is_unavailable() -> None:
     import httpx
     import respx
 
