@@ -23,8 +23,7 @@ from __future__ import annotations
 import bisect
 import re
 import unicodedata
-from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -153,23 +152,34 @@ class _Scanner:
         self._rx = re.compile(pattern)
         self._pre = _prefilter(pattern)
 
-    def finditer(self, text: str) -> Iterator[re.Match[str]]:
-        """Same matches as re.finditer (none of these patterns matches the empty string)."""
+    def finditer(self, text: str) -> list[re.Match[str]]:
+        """The matches re.finditer gives (none of these patterns matches the empty string), as a list."""
         if self._pre is None:
-            yield from self._rx.finditer(text)
-            return
+            return list(self._rx.finditer(text))
         search, match = self._pre.search, self._rx.match
+        found: list[re.Match[str]] = []
         pos = 0
         while (hint := search(text, pos)) is not None:
             m = match(text, hint.start())
             if m is None:
                 pos = hint.start() + 1
             else:
-                yield m
+                found.append(m)
                 pos = m.end()
+        return found
 
     def search(self, text: str) -> re.Match[str] | None:
-        return next(self.finditer(text), None)
+        """The first match, as re.search gives it."""
+        if self._pre is None:
+            return self._rx.search(text)
+        search, match = self._pre.search, self._rx.match
+        pos = 0
+        while (hint := search(text, pos)) is not None:
+            m = match(text, hint.start())
+            if m is not None:
+                return m
+            pos = hint.start() + 1
+        return None
 
 
 # ---------------------------------------------------------------- folding (same length as the input)
@@ -193,15 +203,24 @@ def _build_fold_table() -> dict[int, str]:
 
 
 _FOLD_TABLE = _build_fold_table()
+_FOLD_CHARS = {chr(cp): repl for cp, repl in _FOLD_TABLE.items()}
+# A dealer message has a handful of accents or odd spaces at most: replacing just those beats str.translate,
+# which looks up every character.
+_FOLD_CHARS_RE = re.compile("[" + "".join(re.escape(ch) for ch in _FOLD_CHARS) + "]")
+
+
+def _fold_char(m: re.Match[str]) -> str:
+    return _FOLD_CHARS[m.group()]
 
 
 def _fold(text: str) -> str:
     """Lower-case, strip accents, unify quotes/dashes/spaces; keeps every index aligned with `text`."""
     if text.isascii():  # the table only maps non-ASCII characters
         return text.lower()
-    folded = text.translate(_FOLD_TABLE).lower()
+    mapped = _FOLD_CHARS_RE.sub(_fold_char, text)
+    folded = mapped.lower()
     if len(folded) != len(text):  # rare characters whose lower case is longer (e.g. "İ")
-        folded = "".join(c if len(c.lower()) != 1 else c.lower() for c in text.translate(_FOLD_TABLE))
+        folded = "".join(c if len(c.lower()) != 1 else c.lower() for c in mapped)
     return folded
 
 
@@ -230,6 +249,9 @@ _PRICE_KEYWORD_RE = _Scanner(
     rf"\b(?:prix|price|px|asking|budget|tarif|ask)\s*:?\s*(?P<num>{_NUM})(?![\d.,]*\s?(?:mm|k\b))"
 )
 _DIGIT_RE = re.compile(r"\d")
+_SPLIT_FRAC_RE = re.compile(r"^(.*?)(?:[.,](\d{1,2}))?$")
+_GROUP_SEP_RE = re.compile(r"[ .,']")
+_ENDS_GROUPED_RE = re.compile(r"[ .,']\d{3}$")
 _GROUPED_RE = re.compile(r"^\d{1,3}(?:[ .,']\d{3})+(?:[.,]\d{1,2})?$")
 _CURRENCY_CODES = {
     "$": "USD", "us$": "USD", "usd": "USD", "dollar": "USD", "dollars": "USD", "bucks": "USD",
@@ -241,7 +263,7 @@ _CURRENCY_CODES = {
 }  # fmt: skip
 _SYMBOLS = {"$", "€", "£", "¥", "us$", "hk$", "s$"}
 _KARATS = {9.0, 10.0, 14.0, 18.0, 22.0, 24.0}
-_EXTRA_BEFORE_RE = re.compile(
+_EXTRA_BEFORE_RE = _Scanner(
     r"(?:\+|acompte|deposit|depot|port|shipping|envoi|frais|fee|label|dep|plus)\W{0,4}(?:de\W{0,3})?$"
 )
 _EXTRA_AFTER_RE = re.compile(r"^\s{0,2}(?:de port|d'envoi|shipping|pour reserver|deposit|de frais|fee)")
@@ -261,13 +283,13 @@ def _parse_number(num: str, has_mult: bool) -> float | None:
     """Read a dealer's number: '8.200' and '8 200' are thousands, '8,2' and '19.9' decimals."""
     num = num.strip()
     if _GROUPED_RE.match(num):
-        m = re.match(r"^(.*?)(?:[.,](\d{1,2}))?$", num)
+        m = _SPLIT_FRAC_RE.match(num)
         assert m is not None
-        whole = re.sub(r"[ .,']", "", m.group(1))
+        whole = _GROUP_SEP_RE.sub("", m.group(1))
         frac = m.group(2)
-        if frac and m.group(1) and re.search(r"[ .,']\d{3}$", m.group(1)):
+        if frac and m.group(1) and _ENDS_GROUPED_RE.search(m.group(1)):
             return float(f"{whole}.{frac}")
-        return float(re.sub(r"[ .,']", "", num))
+        return float(_GROUP_SEP_RE.sub("", num))
     if "." in num or "," in num:
         whole, _, frac = num.replace(",", ".").partition(".")
         if len(frac) == 3 and not has_mult:
@@ -282,10 +304,9 @@ def _find_prices(folded: str) -> list[_Price]:
     if not _DIGIT_RE.search(folded):  # every price has a number
         return found
     for m in _PRICE_RE.finditer(folded):
-        pre, post, mult = m.group("pre"), m.group("post"), m.group("mult")
+        pre, num, mult, kd, post = m.groups()
         if not (pre or post or mult):
-            continue
-        num = m.group("num")
+            continue  # a bare number
         if post == "e" and (mult is None and m.start("post") != m.end("num")):
             continue  # "3200e" only when glued
         if post == "e" and mult is None and not re.fullmatch(r"\d{2,6}", num):
@@ -309,7 +330,6 @@ def _find_prices(folded: str) -> list[_Price]:
             if mult == "k" and code is None and amount in _KARATS:
                 continue  # 18k is gold
             factor = 1000.0 if mult == "k" else 1_000_000.0
-            kd = m.group("kd")
             if kd:
                 amount = amount + int(kd) / (10 ** len(kd))
             amount *= factor
@@ -322,7 +342,7 @@ def _find_prices(folded: str) -> list[_Price]:
         start, end = m.start(), m.end()
         before = folded[max(0, start - 16) : start]
         after = folded[end : end + 20]
-        extra = bool(_EXTRA_BEFORE_RE.search(before) or _EXTRA_AFTER_RE.search(after))
+        extra = bool(_EXTRA_BEFORE_RE.search(before) or _EXTRA_AFTER_RE.match(after))
         found.append(_Price(start, end, round(amount, 2), code, extra, False))
     for m in _PRICE_KEYWORD_RE.finditer(folded):
         s = m.start("num")
@@ -693,7 +713,7 @@ _MONTH_YEAR_RE = _Scanner(
 _YEAR_RANGE_RE = _Scanner(
     r"(?:19|20)\d\d\s?[-–]\s?(?:19|20)?\d\d|(?:19|20)\d\d\s?(?:\+|ou plus|or newer|and up|and newer|or later|ou plus recent|minimum|min\b)"
 )
-_YEAR_SKIP_BEFORE_RE = re.compile(
+_YEAR_SKIP_BEFORE_RE = _Scanner(
     r"(?:revisee?|service[d]?|serviced in|entretien|polie?|polished|can be|depuis|since|annees|years?|yr)\W{0,3}(?:ap\W{0,2})?(?:en|in)?\W{0,2}$"
 )
 _SIZE_RE = re.compile(r"(?<![\w.])(?P<s>[2-6]\d(?:[.,]\d)?)\s?mm(?![a-z])")
@@ -828,7 +848,7 @@ def _year(span: str) -> int | None:
 
 
 def _size(span: str) -> float | None:
-    m = _SIZE_RE.search(span)
+    m = _SIZE_RE.search(span) if "mm" in span else None
     return float(m.group("s").replace(",", ".")) if m else None
 
 
@@ -1115,7 +1135,7 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
     # A header line ("Tudor neuves, carte 2024 :") states defaults for the list below it, not a watch.
     header_lines = {
         i
-        for i in range(n_lines)
+        for i in (range(n_lines) if ":" in folded else ())
         if folded[line_starts[i] : line_ends[i]].rstrip().endswith(":") and not line_has_price[i]
     }
     # In a list (two or more lines with references), a line naming only a brand is a header too.
@@ -1152,8 +1172,12 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
 
     brands_in_msg = {g.brand for g in groups if g.brand} | ({default_brand} if default_brand else set())
     _scale_prices(prices, brands_in_msg)
-    cur_counts = Counter(p.currency for p in prices if p.currency and not p.extra)
-    default_currency = cur_counts.most_common(1)[0][0] if cur_counts else None
+    cur_counts: dict[str, int] = {}
+    for p in prices:
+        if p.currency and not p.extra:
+            cur_counts[p.currency] = cur_counts.get(p.currency, 0) + 1
+    # The most frequent currency; max keeps the first seen among equals, as Counter.most_common does.
+    default_currency = max(cur_counts, key=cur_counts.__getitem__) if cur_counts else None
 
     # Which text belongs to which watch.
     multi_line = len({g.first_line for g in groups}) > 1
