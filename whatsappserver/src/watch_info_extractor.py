@@ -82,6 +82,19 @@ def _class_atom(items: list) -> str | None:
     return "[" + "".join(parts) + "]"
 
 
+def _class_chars(items: list) -> str | None:
+    """The characters of a small class made only of literals and short ranges, else None."""
+    chars: list[str] = []
+    for op, av in items:
+        if op is _sre_c.LITERAL:
+            chars.append(chr(av))
+        elif op is _sre_c.RANGE and av[1] - av[0] < 12:
+            chars.extend(chr(c) for c in range(av[0], av[1] + 1))
+        else:
+            return None
+    return "".join(chars) if len(chars) <= 12 else None
+
+
 def _prefixes(items: list, prefix: tuple[str, ...], k: int, out: set[tuple[str, ...]]) -> None:
     """Collect every sequence of up to k atoms a match of `items` can begin with (a superset, never fewer)."""
     if len(prefix) >= k or not items or len(out) > _MAX_PREFIXES:
@@ -91,12 +104,15 @@ def _prefixes(items: list, prefix: tuple[str, ...], k: int, out: set[tuple[str, 
     if op is _sre_c.LITERAL:
         _prefixes(rest, (*prefix, re.escape(chr(av))), k, out)
     elif op is _sre_c.IN:
+        chars = _class_chars(av)
         atom = _class_atom(av)
-        if atom is None:
+        if (
+            chars is not None
+        ):  # a few plain characters: one literal prefix each keeps the first-character skip
+            for ch in chars:
+                _prefixes(rest, (*prefix, re.escape(ch)), k, out)
+        elif atom is None:
             out.add(prefix)
-        elif all(o is _sre_c.LITERAL for o, _ in av):  # a few plain characters: one literal prefix each
-            for _op, ch in av:
-                _prefixes(rest, (*prefix, re.escape(chr(ch))), k, out)
         else:
             _prefixes(rest, (*prefix, atom), k, out)
     elif op is _sre_c.BRANCH:
@@ -168,12 +184,11 @@ class _Scanner:
                 pos = m.end()
         return found
 
-    def search(self, text: str) -> re.Match[str] | None:
-        """The first match, as re.search gives it."""
+    def search(self, text: str, pos: int = 0) -> re.Match[str] | None:
+        """The first match from `pos` on, as re.search gives it (so a loop from each match's end = finditer)."""
         if self._pre is None:
-            return self._rx.search(text)
+            return self._rx.search(text, pos)
         search, match = self._pre.search, self._rx.match
-        pos = 0
         while (hint := search(text, pos)) is not None:
             m = match(text, hint.start())
             if m is not None:
@@ -279,6 +294,7 @@ class _Price:
     scaled_k: bool
 
 
+@lru_cache(maxsize=65536)
 def _parse_number(num: str, has_mult: bool) -> float | None:
     """Read a dealer's number: '8.200' and '8 200' are thousands, '8,2' and '19.9' decimals."""
     num = num.strip()
@@ -817,21 +833,26 @@ def _year(span: str) -> int | None:
     """The production or card year: '2018', 'carte 2021', '05/2022', '4/25'; not ranges like '2019-2021'."""
     ranges: list[tuple[int, int]] | None = None  # year ranges, found only once a year is seen
     best: tuple[int, int] | None = None
-    for m in _YEAR_RE.finditer(span):
+    m = _YEAR_RE.search(span)
+    while m is not None:
         if ranges is None:
             ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
-        if any(s <= m.start() < e for s, e in ranges):
-            continue
-        if _YEAR_SKIP_BEFORE_RE.search(span[max(0, m.start() - 22) : m.start()]):
+        if any(s <= m.start() < e for s, e in ranges) or _YEAR_SKIP_BEFORE_RE.search(
+            span[max(0, m.start() - 22) : m.start()]
+        ):
+            m = _YEAR_RE.search(span, m.end())
             continue
         best = (m.start(), int(m.group("y")))
         break
     # Every month-year has a "/" or a year after a dot or a space: without one, skip the scan.
     month_year = "/" in span or ".19" in span or ".20" in span or " 19" in span or " 20" in span
-    for m in _MONTH_YEAR_RE.finditer(span) if month_year else ():
+    m = _MONTH_YEAR_RE.search(span) if month_year else None
+    # The first usable month-year wins only if it comes before the year found above: stop looking past it.
+    while m is not None and (best is None or m.start() < best[0]):
         if ranges is None:
             ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
         if any(s <= m.start() < e for s, e in ranges):
+            m = _MONTH_YEAR_RE.search(span, m.end())
             continue
         raw = m.group("y") or m.group("y2") or m.group("y3")
         if len(raw) == 2:
@@ -840,9 +861,9 @@ def _year(span: str) -> int | None:
         else:
             year = int(raw)
         if not _YEAR_MIN <= year <= _YEAR_MAX:
+            m = _MONTH_YEAR_RE.search(span, m.end())
             continue
-        if best is None or m.start() < best[0]:
-            best = (m.start(), year)
+        best = (m.start(), year)
         break
     return best[1] if best else None
 
@@ -1034,19 +1055,26 @@ class _Attrs:
     papers: bool | None = None
 
 
+def _price_start(p: _Price) -> int:
+    return p.start
+
+
 def _attrs(
     span_folded: str, span_original: str | _Collapsed, prices: list[_Price], offset: int, end: int
 ) -> _Attrs:
     a = _Attrs()
-    for p in prices:
-        if offset <= p.start < end and not p.extra:
+    # Prices are in text order: only those starting inside the span matter (a long list has many).
+    lo = bisect.bisect_left(prices, offset, key=_price_start)
+    hi = bisect.bisect_left(prices, end, lo, key=_price_start)
+    inside = prices[lo:hi]
+    for p in inside:
+        if not p.extra:
             a.price = p
             break
     masked = span_folded
-    for p in prices:
-        if offset <= p.start < end:
-            s, e = p.start - offset, min(p.end, end) - offset
-            masked = masked[:s] + " " * (e - s) + masked[e:]
+    for p in inside:
+        s, e = p.start - offset, min(p.end, end) - offset
+        masked = masked[:s] + " " * (e - s) + masked[e:]
     if "\n" in masked or "  " in masked:
         masked = _WS_RE.sub(" ", masked)
         span_original = _Collapsed(span_original)
@@ -1068,7 +1096,8 @@ def _mask_spans(text: str, spans: list[tuple[int, int]]) -> str:
         if start < pos:
             continue
         parts.append(text[pos:start])
-        parts.append(_NON_NEWLINE_RE.sub(" ", text[start:end]))
+        chunk = text[start:end]
+        parts.append(" " * len(chunk) if "\n" not in chunk else _NON_NEWLINE_RE.sub(" ", chunk))
         pos = end
     parts.append(text[pos:])
     return "".join(parts)
@@ -1094,7 +1123,13 @@ def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Menti
         mentions.append(_Mention(r.start, r.end, r.brand, r.family, False, r))
     mentions.sort(key=lambda x: x.start)
     # A price glued to a reference ("116610LN8200") cannot be both: keep the reference.
-    prices = [p for p in prices if not any(r.start <= p.start < r.end for r in refs)]
+    if refs and prices:  # refs are disjoint and in text order: find the one before each price by bisection
+        ref_starts = [r.start for r in refs]
+        prices = [
+            p
+            for p in prices
+            if (i := bisect.bisect_right(ref_starts, p.start) - 1) < 0 or p.start >= refs[i].end
+        ]
     return original, folded, prices, refs, mentions
 
 
