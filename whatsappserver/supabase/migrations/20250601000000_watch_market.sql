@@ -209,49 +209,28 @@ set hnsw.iterative_scan = relaxed_order
 set hnsw.max_scan_tuples = 20000
 as $$
 declare
-    -- Below this many matching rows, scoring them all exactly is cheaper than walking the graph.
-    exact_below constant integer := 2000;
     where_sql text := public.watch_listing_filter_sql(
         filter_message_type, filter_brand, filter_model, filter_reference, min_price_eur, max_price_eur,
         filter_condition, since, min_year, max_year, filter_box, filter_papers, filter_sender_id);
     from_sql text := 'from public.watch_listings l join public.whatsapp_messages m on m.id = l.message_id
         where l.embedding is not null and l.embedding_model = $16 and ';
-    matching integer;
     ids bigint[];
     distances double precision[];
 begin
     if match_count is null or match_count <= 0 or query_embedding is null then
         return;
     end if;
-    if where_sql <> 'true' then
-        execute format('select count(*)::integer from (select 1 %s %s limit %s) as s', from_sql, where_sql,
-                       exact_below)
-            into matching
-            using query_embedding, match_count, filter_message_type, filter_brand, filter_model,
-                  filter_reference, min_price_eur, max_price_eur, filter_condition, since, min_year,
-                  max_year, filter_box, filter_papers, filter_sender_id, filter_embedding_model;
-    end if;
-    if matching is null or matching >= exact_below then
-        -- The HNSW scan, ordered by the distance operator itself. OFFSET 0 keeps the filters above the
-        -- scan (so the planner cannot trade the graph for a btree and a sort of thousands of vectors);
-        -- the iterative scan keeps walking while filters drop rows, up to hnsw.max_scan_tuples.
-        -- Relaxed order may return neighbours slightly out of order: the aggregate sorts exactly.
-        execute format(
-            'select array_agg(id order by d, id), array_agg(d order by d, id)
-             from (select l.id, l.d
-                   from (select w.*, w.embedding <=> $1 as d from public.watch_listings w
-                         where w.embedding is not null and w.embedding_model = $16
-                         order by w.embedding <=> $1 offset 0) as l
-                   join public.whatsapp_messages m on m.id = l.message_id
-                   where %s limit $2) as s', where_sql)
-            into ids, distances
-            using query_embedding, match_count, filter_message_type, filter_brand, filter_model,
-                  filter_reference, min_price_eur, max_price_eur, filter_condition, since, min_year,
-                  max_year, filter_box, filter_papers, filter_sender_id, filter_embedding_model;
-    end if;
+    -- Relaxed order may hand back neighbours slightly out of order: the outer aggregate sorts exactly.
+    execute format(
+        'select array_agg(id order by d, id), array_agg(d order by d, id)
+         from (select l.id, l.embedding <=> $1 as d %s %s order by l.embedding <=> $1 limit $2) as s',
+        from_sql, where_sql)
+        into ids, distances
+        using query_embedding, match_count, filter_message_type, filter_brand, filter_model,
+              filter_reference, min_price_eur, max_price_eur, filter_condition, since, min_year,
+              max_year, filter_box, filter_papers, filter_sender_id, filter_embedding_model;
     if coalesce(cardinality(ids), 0) < match_count then
-        -- Few matching rows, or the bounded scan came back short: answer the same filters exactly
-        -- (`+ 0` keeps the planner off the HNSW index and on the btree indexes).
+        -- The bounded index scan came back short: answer the same filters exactly.
         execute format(
             'select array_agg(id order by d, id), array_agg(d order by d, id)
              from (select l.id, l.embedding <=> $1 as d %s %s order by (l.embedding <=> $1) + 0, l.id
@@ -304,9 +283,9 @@ $$;
 -- Nearest listings of one embedding model by cosine similarity, within the filters.
 -- The candidate query orders by the distance operator itself, so the HNSW index serves it; pgvector
 -- 0.8 iterative scans keep walking the graph while filters drop rows, bounded by hnsw.max_scan_tuples.
--- A filter that keeps fewer than 2,000 rows, or a scan that hits the bound before `match_count` rows,
--- is answered exactly through the btree indexes, so a filtered query returns `match_count` rows
--- whenever that many match.
+-- When that bound is hit before `match_count` rows are found (a very selective filter), the same filters
+-- are answered exactly (`(embedding <=> q) + 0` keeps the planner on the btree indexes), so a filtered
+-- query returns `match_count` rows whenever that many match.
 create or replace function public.match_watch_listings(
     query_embedding vector(1536),
     match_count integer default 10,
