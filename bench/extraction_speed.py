@@ -34,14 +34,18 @@ def main() -> int:
     corpus = [f"{t} #{i}" for i in range(rounds) for t in texts]
     for t in texts:  # warm-up: imports, regex compilation
         extract_watch_info(t)
-    start = time.perf_counter()
+    # Wall time is the requirement's measure; CPU time of this (single-threaded) process is reported too, as on
+    # a shared machine other processes' load inflates the wall figure but not the work done on one core.
+    start, cpu_start = time.perf_counter(), time.process_time()
     for t in corpus:
         extract_watch_info(t)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     chars = sum(map(len, corpus))
     print(f"messages: {len(corpus)}")
     print(f"seconds: {elapsed:.3f}")
+    print(f"cpu_seconds: {cpu:.3f}")
     print(f"mean_chars: {chars / len(corpus):.0f}")
+    print(f"messages_per_cpu_second: {len(corpus) / cpu:.0f}")
     print(f"messages_per_second: {len(corpus) / elapsed:.0f}")
     return 0
 
