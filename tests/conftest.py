@@ -30,6 +30,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "SUPABASE_URL": "",
             "SEARCH_API_KEY": "",
             "WORKER_POLL_SECONDS": 0.05,
+            # In-process extraction: no child process per test app (the real-server tests keep the default).
+            "WORKER_PROCESSES": 0,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     WORKER_MAX_ATTEMPTS: int = 8
     WORKER_RETRY_BASE_SECONDS: float = 2.0
     WORKER_RETRY_MAX_SECONDS: float = 600.0
+    # Child processes for extraction and the offline embedder (0 = on the event loop, for tests and tiny hosts),
+    # and how much lower their priority is than intake's.
+    WORKER_PROCESSES: int = 1
+    WORKER_NICE: int = 5
     WORKER_CONCURRENCY: int = 2  # batches in flight: embedding one while the next is claimed and extracted
     WORKER_BATCH_LINGER_SECONDS: float = 0.2  # wait this long for a short batch to fill: fewer, fuller calls
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from src.embedding_processor import Embedder, embedding_text, redact
+from src.analysis_pool import AnalysisPool
+from src.embedding_processor import Embedder, LocalEmbedder, embedding_text, redact
 from src.stats import RuntimeStats
 from src.store.base import ListingRecord, Store, StoredMessage
-from src.watch_info_extractor import extract_watch_info
 from src.watch_models import WatchInfo
 
 log = logging.getLogger(__name__)
@@ -44,10 +43,6 @@ class WorkerSettings:
     pause_max_seconds: float = 30.0
     # stop() waits this long for batches in flight, then cancels them (their leases expire; nothing is lost).
     stop_timeout_seconds: float = 10.0
-
-
-# Extraction runs on the event loop; yield after this much CPU so webhook acks are not held up.
-EXTRACT_SLICE_SECONDS = 0.005
 
 
 def listings_for(message: StoredMessage, info: WatchInfo) -> list[ListingRecord]:
@@ -102,12 +97,15 @@ class Pipeline:
         runtime: RuntimeStats,
         settings: WorkerSettings | None = None,
         rates: Mapping[str, float] | None = None,
+        analysis: AnalysisPool | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.runtime = runtime
         self.settings = settings or WorkerSettings()
         self.rates = dict(rates) if rates else None
+        # CPU work (extraction, the offline embedder) runs in a child process unless processes=0.
+        self.analysis = analysis or AnalysisPool(processes=0, rates=self.rates)
         self.hooks: list[ProcessedHook] = []
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
@@ -140,6 +138,7 @@ class Pipeline:
         if self._task is not None:
             await self._task
             self._task = None
+        self.analysis.close()
 
     async def run_forever(self) -> None:
         slots = asyncio.Semaphore(max(1, self.settings.concurrency))
@@ -260,23 +259,18 @@ class Pipeline:
 
     async def process(self, messages: list[StoredMessage]) -> None:
         extracted: list[tuple[StoredMessage, WatchInfo, list[ListingRecord]]] = []
-        slice_started = time.perf_counter()
-        for message in messages:
-            if time.perf_counter() - slice_started > EXTRACT_SLICE_SECONDS:
-                await asyncio.sleep(0)
-                slice_started = time.perf_counter()
-            try:
-                info = extract_watch_info(message.text, self.rates)
-            except Exception as exc:  # extraction is pure; a crash is a bug, never a lost message
-                log.exception("extraction failed for message %s", message.id)
-                await self._record_failure(message, f"extraction: {type(exc).__name__}: {exc}")
+        infos = await self.analysis.extract([message.text for message in messages])
+        for message, info in zip(messages, infos, strict=True):
+            if isinstance(info, str):  # extraction is pure; a crash is a bug, never a lost message
+                log.error("extraction failed for message %s: %s", message.id, info)
+                await self._record_failure(message, info)
                 continue
             extracted.append((message, info, listings_for(message, info)))
 
         listings = [listing for _, _, rows in extracted for listing in rows]
         if listings:
             try:
-                vectors = await self.embedder.embed_batch([listing_embedding_text(x) for x in listings])
+                vectors = await self._embed([listing_embedding_text(x) for x in listings])
                 if len(vectors) != len(listings):
                     raise RuntimeError(f"embedder returned {len(vectors)} vectors for {len(listings)} texts")
             except Exception as exc:
@@ -304,6 +298,12 @@ class Pipeline:
                 except Exception:  # a reply that fails must not undo the stored work
                     self.runtime.errors += 1
                     log.exception("post-processing hook failed for message %s", message.id)
+
+    async def _embed(self, texts: list[str]) -> list[list[float]]:
+        """The offline embedder is CPU work: it runs beside extraction, off the event loop."""
+        if isinstance(self.embedder, LocalEmbedder) and self.analysis.enabled:
+            return await self.analysis.embed_local(texts, self.embedder.dimensions)
+        return await self.embedder.embed_batch(texts)
 
     def _count_embedding_calls(self) -> None:
         """Requests made to the embedding service, as the embedder counts them (one batch may be several)."""

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from src.analysis_pool import AnalysisPool
 from src.config import Settings
 from src.embedding_processor import Embedder, create_embedder
 from src.pipeline import Pipeline, WorkerSettings
@@ -43,6 +44,8 @@ def worker_settings(settings: Settings) -> WorkerSettings:
         max_attempts=settings.WORKER_MAX_ATTEMPTS,
         retry_base_seconds=settings.WORKER_RETRY_BASE_SECONDS,
         retry_max_seconds=settings.WORKER_RETRY_MAX_SECONDS,
+        concurrency=settings.WORKER_CONCURRENCY,
+        linger_seconds=settings.WORKER_BATCH_LINGER_SECONDS,
     )
 
 
@@ -59,5 +62,7 @@ async def build_services(
         await store.close()
         raise
     runtime = RuntimeStats.new()
-    pipeline = Pipeline(store, embedder, runtime, worker_settings(settings), settings.FX_RATES_EUR or None)
+    rates = settings.FX_RATES_EUR or None
+    analysis = AnalysisPool(settings.WORKER_PROCESSES, rates, nice=settings.WORKER_NICE)
+    pipeline = Pipeline(store, embedder, runtime, worker_settings(settings), rates, analysis)
     return Services(settings=settings, store=store, embedder=embedder, runtime=runtime, pipeline=pipeline)

@@ -113,6 +113,9 @@ CREATE TABLE IF NOT EXISTS embedding_models (
 );
 """
 
+# Messages per worker transaction: short enough that a webhook insert never waits long behind one.
+COMPLETE_CHUNK = 16
+
 LISTING_COLUMNS = (
     "l.id, l.message_id, l.position, l.message_type, l.brand, l.model, l.reference, l.price, l.currency, "
     "l.price_eur, l.condition, l.year, l.box, l.papers, l.confidence, l.text, l.created_at, "
@@ -339,7 +342,9 @@ class SQLiteStore:
         )
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        # Intake commits are made durable one by one (see _insert_batch); everything else is re-derivable
+        # from stored messages, so it commits without waiting for the disk (a later durable commit syncs it).
+        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(SCHEMA)
         self._conn = conn
@@ -410,7 +415,9 @@ class SQLiteStore:
                     return
             try:
                 groups = [messages for messages, _ in batch]
-                results = self._call(functools.partial(self._insert_batch, groups=groups))
+                results = self._call(
+                    functools.partial(self._insert_batch, groups=groups, durability=self._synchronous)
+                )
             except BaseException as exc:  # every caller of the group gets the error: all or nothing
                 for _, future in batch:
                     loop.call_soon_threadsafe(_set_exception, future, exc)
@@ -419,9 +426,12 @@ class SQLiteStore:
                 loop.call_soon_threadsafe(_set_result, future, inserted)
 
     @staticmethod
-    def _insert_batch(conn: sqlite3.Connection, groups: list[list[InboundMessage]]) -> list[list[str]]:
+    def _insert_batch(
+        conn: sqlite3.Connection, groups: list[list[InboundMessage]], durability: str = "FULL"
+    ) -> list[list[str]]:
         now = _now()
         results: list[list[str]] = []
+        conn.execute(f"PRAGMA synchronous={durability}")
         conn.execute("BEGIN IMMEDIATE")
         for messages in groups:
             inserted: list[str] = []
@@ -446,7 +456,10 @@ class SQLiteStore:
                 if cursor.rowcount == 1:
                     inserted.append(message.id)
             results.append(inserted)
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        finally:
+            conn.execute("PRAGMA synchronous=NORMAL")
         return results
 
     async def apply_edit(self, message_id: str, new_text: str, raw: dict[str, Any]) -> bool:
@@ -491,52 +504,56 @@ class SQLiteStore:
         return await self._run(_claim)
 
     async def complete_messages(self, results: list[tuple[str, list[ListingRecord]]]) -> None:
-        def _complete(conn: sqlite3.Connection) -> None:
-            now = _now()
-            conn.execute("BEGIN IMMEDIATE")
-            for message_id, listings in results:
-                conn.execute("DELETE FROM watch_listings WHERE message_id = ?", (message_id,))
-                conn.executemany(
-                    "INSERT INTO watch_listings (message_id, position, message_type, brand, model, reference, "
-                    "reference_norm, price, currency, price_eur, condition, year, size_mm, movement, box, papers, "
-                    "confidence, text, embedding, embedding_model, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            item.message_id,
-                            item.position,
-                            item.message_type,
-                            item.brand,
-                            item.model,
-                            item.reference,
-                            normalize_reference(item.reference) if item.reference else None,
-                            item.price,
-                            item.currency,
-                            item.price_eur,
-                            item.condition,
-                            item.year,
-                            item.size_mm,
-                            item.movement,
-                            None if item.box is None else int(item.box),
-                            None if item.papers is None else int(item.papers),
-                            item.confidence,
-                            item.text,
-                            _vector_blob(item.embedding),
-                            item.embedding_model,
-                            now,
-                        )
-                        for item in listings
-                    ],
-                )
-                conn.execute(
-                    "UPDATE whatsapp_messages SET status = 'processed', processed_at = ?, last_error = NULL, "
-                    "claimed_until = NULL, next_attempt_at = NULL WHERE id = ?",
-                    (now, message_id),
-                )
-            conn.execute("COMMIT")
+        """Small transactions, awaited one by one, so webhook inserts queued meanwhile are not held up."""
+        for start in range(0, len(results), COMPLETE_CHUNK):
+            chunk = results[start : start + COMPLETE_CHUNK]
+            await self._run(functools.partial(self._complete_chunk, results=chunk))
 
-        if results:
-            await self._run(_complete)
+    @staticmethod
+    def _complete_chunk(conn: sqlite3.Connection, results: list[tuple[str, list[ListingRecord]]]) -> None:
+        """Re-derivable work: committed without its own fsync (a lost commit leaves the message pending)."""
+        now = _now()
+        conn.execute("BEGIN IMMEDIATE")
+        for message_id, listings in results:
+            conn.execute("DELETE FROM watch_listings WHERE message_id = ?", (message_id,))
+            conn.executemany(
+                "INSERT INTO watch_listings (message_id, position, message_type, brand, model, reference, "
+                "reference_norm, price, currency, price_eur, condition, year, size_mm, movement, box, papers, "
+                "confidence, text, embedding, embedding_model, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        item.message_id,
+                        item.position,
+                        item.message_type,
+                        item.brand,
+                        item.model,
+                        item.reference,
+                        normalize_reference(item.reference) if item.reference else None,
+                        item.price,
+                        item.currency,
+                        item.price_eur,
+                        item.condition,
+                        item.year,
+                        item.size_mm,
+                        item.movement,
+                        None if item.box is None else int(item.box),
+                        None if item.papers is None else int(item.papers),
+                        item.confidence,
+                        item.text,
+                        _vector_blob(item.embedding),
+                        item.embedding_model,
+                        now,
+                    )
+                    for item in listings
+                ],
+            )
+            conn.execute(
+                "UPDATE whatsapp_messages SET status = 'processed', processed_at = ?, last_error = NULL, "
+                "claimed_until = NULL, next_attempt_at = NULL WHERE id = ?",
+                (now, message_id),
+            )
+        conn.execute("COMMIT")
 
     async def fail_message(self, message_id: str, error: str, retry_in_seconds: float | None) -> None:
         def _fail(conn: sqlite3.Connection) -> None:

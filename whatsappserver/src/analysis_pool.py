@@ -1,0 +1,113 @@
+"""Extraction and the offline embedder in a worker process, so CPU work never holds up webhook acks.
+
+The server's event loop must answer Meta within milliseconds while the worker extracts and embeds
+thousands of messages. Both are pure CPU, so they run in one child process (its own core, a lower
+priority than intake); only texts go in and results come out. `WORKER_PROCESSES=0` keeps them in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from src.watch_models import WatchInfo
+
+log = logging.getLogger(__name__)
+
+_rates: dict[str, float] | None = None
+_embedders: dict[int, object] = {}
+
+
+def _init_child(rates: dict[str, float] | None, nice: int) -> None:
+    global _rates
+    _rates = rates
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:  # not permitted here: run at normal priority
+            pass
+    import src.watch_info_extractor  # noqa: F401 - load the catalogue once, before the first batch
+
+
+def extract_many(texts: list[str], rates: Mapping[str, float] | None) -> list[WatchInfo | str]:
+    """Each text's WatchInfo, or the error text when extraction raised (a bug, reported per message)."""
+    from src.watch_info_extractor import extract_watch_info
+
+    results: list[WatchInfo | str] = []
+    for text in texts:
+        try:
+            results.append(extract_watch_info(text, rates))
+        except Exception as exc:
+            results.append(f"extraction: {type(exc).__name__}: {exc}")
+    return results
+
+
+def _extract_in_child(texts: list[str]) -> list[WatchInfo | str]:
+    return extract_many(texts, _rates)
+
+
+def _embed_in_child(texts: list[str], dimensions: int) -> bytes:
+    from src.embedding_processor import LocalEmbedder
+
+    embedder = _embedders.get(dimensions)
+    if embedder is None:
+        embedder = _embedders[dimensions] = LocalEmbedder(dimensions)
+    assert isinstance(embedder, LocalEmbedder)
+    matrix = np.stack([embedder.embed_one(text) for text in texts]) if texts else np.empty((0, dimensions))
+    return matrix.astype("<f4").tobytes()
+
+
+class AnalysisPool:
+    """A one-process pool, started on first use and restarted if the child dies."""
+
+    def __init__(self, processes: int = 1, rates: Mapping[str, float] | None = None, nice: int = 5) -> None:
+        self.processes = processes
+        self.rates = dict(rates) if rates else None
+        self.nice = nice
+        self._executor: ProcessPoolExecutor | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.processes > 0
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_child,
+                initargs=(self.rates, self.nice),
+            )
+        return self._executor
+
+    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool(), fn, *args)
+        except BrokenProcessPool:
+            log.warning("analysis process died; starting a new one")
+            self._executor = None
+            return await loop.run_in_executor(self._pool(), fn, *args)
+
+    async def extract(self, texts: list[str]) -> list[WatchInfo | str]:
+        if not self.enabled:
+            return extract_many(texts, self.rates)
+        return await self._run(_extract_in_child, texts)  # type: ignore[no-any-return]
+
+    async def embed_local(self, texts: list[str], dimensions: int) -> list[list[float]]:
+        """LocalEmbedder vectors computed in the child (the same function, so the same vectors)."""
+        raw = await self._run(_embed_in_child, texts, dimensions)
+        matrix = np.frombuffer(raw, dtype="<f4").reshape(len(texts), dimensions)
+        return [row.tolist() for row in matrix]
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
