@@ -101,11 +101,13 @@ class AnalysisPool:
             return extract_many(texts, self.rates)
         return await self._run(_extract_in_child, texts)  # type: ignore[no-any-return]
 
-    async def embed_local(self, texts: list[str], dimensions: int) -> list[list[float]]:
-        """LocalEmbedder vectors computed in the child (the same function, so the same vectors)."""
+    async def embed_local(self, texts: list[str], dimensions: int) -> list[np.ndarray]:
+        """LocalEmbedder vectors computed in the child (the same function, so the same vectors).
+
+        Rows stay float32 arrays: every store takes them as they are, with no per-float Python objects.
+        """
         raw = await self._run(_embed_in_child, texts, dimensions)
-        matrix = np.frombuffer(raw, dtype="<f4").reshape(len(texts), dimensions)
-        return [row.tolist() for row in matrix]
+        return list(np.frombuffer(raw, dtype="<f4").reshape(len(texts), dimensions))
 
     def close(self) -> None:
         if self._executor is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from src.analysis_pool import AnalysisPool
@@ -43,6 +43,9 @@ class WorkerSettings:
     pause_max_seconds: float = 30.0
     # stop() waits this long for batches in flight, then cancels them (their leases expire; nothing is lost).
     stop_timeout_seconds: float = 10.0
+    # Yield to intake while the event loop runs this late; but never hold a batch back longer than the cap.
+    yield_lag_seconds: float = 0.004
+    yield_max_seconds: float = 2.0
 
 
 def listings_for(message: StoredMessage, info: WatchInfo) -> list[ListingRecord]:
@@ -87,6 +90,36 @@ def listing_embedding_text(listing: ListingRecord) -> str:
     )
 
 
+class LoopLagMonitor:
+    """How late the event loop runs a short timer: lag means webhook requests are waiting for CPU.
+
+    The worker yields while the lag is high, so acknowledging Meta always comes before processing.
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.lag = 0.0  # seconds, smoothed
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="loop-lag-monitor")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(self.interval)
+            late = max(0.0, loop.time() - started - self.interval)
+            self.lag = 0.7 * self.lag + 0.3 * late
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
 class Pipeline:
     """Moves messages from pending to processed. Nothing is dropped: a failure is recorded and retried."""
 
@@ -112,6 +145,7 @@ class Pipeline:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self.lag_monitor = LoopLagMonitor()
         # Consecutive batches whose embedding failed: > 0 means pause, then probe one batch at a time.
         self.consecutive_failures = 0
 
@@ -120,6 +154,7 @@ class Pipeline:
     def start(self) -> None:
         self._stopping = False
         self._stop_event.clear()
+        self.lag_monitor.start()
         self._task = asyncio.create_task(self.run_forever(), name="pipeline-worker")
 
     @property
@@ -138,6 +173,7 @@ class Pipeline:
         if self._task is not None:
             await self._task
             self._task = None
+        await self.lag_monitor.stop()
         self.analysis.close()
 
     async def run_forever(self) -> None:
@@ -150,6 +186,7 @@ class Pipeline:
                         break
                 if not await self._acquire_unless_stopped(slots):
                     break
+                await self._yield_to_intake()
                 try:
                     messages = await self._claim_batch() if not self._stopping else []
                 except Exception:  # the store is down or a bug: keep the worker alive, retry soon
@@ -185,6 +222,17 @@ class Pipeline:
         if not_done:
             log.warning("stopped with %d batch(es) unfinished; their messages stay queued", len(not_done))
             await asyncio.gather(*not_done, return_exceptions=True)
+
+    async def _yield_to_intake(self) -> None:
+        """While webhook requests wait for the CPU, hold the next batch back (bounded, so work still moves)."""
+        waited = 0.0
+        while (
+            self.lag_monitor.lag > self.settings.yield_lag_seconds
+            and waited < self.settings.yield_max_seconds
+            and not self._stopping
+        ):
+            await asyncio.sleep(0.02)
+            waited += 0.02
 
     async def _idle(self) -> None:
         """Wait for a wake-up or the next poll."""
@@ -286,7 +334,7 @@ class Pipeline:
             self._count_embedding_calls()
             self.consecutive_failures = 0
             for listing, vector in zip(listings, vectors, strict=True):
-                listing.embedding = vector
+                listing.embedding = vector  # type: ignore[assignment] - a float32 row is fine for every store
                 listing.embedding_model = self.embedder.model_name
 
         await self.store.complete_messages([(message.id, rows) for message, _, rows in extracted])
@@ -299,7 +347,7 @@ class Pipeline:
                     self.runtime.errors += 1
                     log.exception("post-processing hook failed for message %s", message.id)
 
-    async def _embed(self, texts: list[str]) -> list[list[float]]:
+    async def _embed(self, texts: list[str]) -> Sequence[Sequence[float]]:
         """The offline embedder is CPU work: it runs beside extraction, off the event loop."""
         if isinstance(self.embedder, LocalEmbedder) and self.analysis.enabled:
             return await self.analysis.embed_local(texts, self.embedder.dimensions)
