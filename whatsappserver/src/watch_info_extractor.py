@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -168,20 +168,24 @@ class _Scanner:
         self._rx = re.compile(pattern)
         self._pre = _prefilter(pattern)
 
-    def finditer(self, text: str) -> list[re.Match[str]]:
-        """The matches re.finditer gives (none of these patterns matches the empty string), as a list."""
+    def finditer(self, text: str) -> Sequence[re.Match[str]]:
+        """The matches re.finditer gives (none of these patterns matches the empty string), in order."""
         if self._pre is None:
             return list(self._rx.finditer(text))
         search, match = self._pre.search, self._rx.match
+        hint = search(text)
+        if hint is None:  # the usual case for most attribute patterns: no list, no loop
+            return ()
         found: list[re.Match[str]] = []
         pos = 0
-        while (hint := search(text, pos)) is not None:
+        while hint is not None:
             m = match(text, hint.start())
             if m is None:
                 pos = hint.start() + 1
             else:
                 found.append(m)
                 pos = m.end()
+            hint = search(text, pos)
         return found
 
     def search(self, text: str, pos: int = 0) -> re.Match[str] | None:
@@ -650,6 +654,23 @@ def _fuzzy_alias(token: str) -> str | None:
     return key
 
 
+# Words already known to be no misspelt alias: a set difference (in C) leaves only the new words to look up.
+_NOT_FUZZY: set[str] = set()
+_NOT_FUZZY_MAX = 200_000  # bounded like the lru caches: cleared when full
+
+
+def _fuzzy_words(folded: str) -> set[str]:
+    """The distinct words of the text that are a misspelt brand or family name."""
+    unknown = set(_WORD_RE.findall(folded)) - _NOT_FUZZY
+    if not unknown:
+        return unknown
+    hits = {w for w in unknown if _fuzzy_alias(w) is not None}
+    if len(_NOT_FUZZY) > _NOT_FUZZY_MAX:
+        _NOT_FUZZY.clear()
+    _NOT_FUZZY.update(unknown - hits)
+    return hits
+
+
 @dataclass(slots=True)
 class _Mention:
     start: int
@@ -678,7 +699,7 @@ def _find_alias_mentions(folded: str, original: str, taken: list[tuple[int, int]
         out.append(_Mention(s, e, alias.brand, alias.family, alias.weak))
         covered[s:e] = b"\x01" * (e - s)
     # Most words are no misspelt alias: look each distinct word up once and walk positions only for hits.
-    fuzzy = {w for w in set(_WORD_RE.findall(folded)) if _fuzzy_alias(w) is not None}
+    fuzzy = _fuzzy_words(folded)
     for m in _WORD_RE.finditer(folded) if fuzzy else ():
         if m.group() not in fuzzy:
             continue
@@ -968,6 +989,7 @@ class _Group:
     last_line: int = 0
     start: int = 0
     counterpart: bool = False
+    firm: bool = False  # some mention is not weak (tracked in add, so grouping needs no second pass)
 
     def compatible(self, m: _Mention) -> bool:
         if m.ref is not None:
@@ -997,6 +1019,8 @@ class _Group:
             self.first_line = line
         self.mentions.append(m)
         self.last_line = line
+        if not m.weak:
+            self.firm = True
         if m.ref is not None:
             self.ref = m.ref
             if m.ref.brand and self.brand is None:
@@ -1039,7 +1063,7 @@ def _group_mentions(
         if g.ref is not None or g.family is not None or (g.brand is not None and not g.brand_weak)
     ]
     # A watch resting only on vague words or a fuzzy guess is dropped when the message names firmer ones.
-    firm = [g for g in kept if any(not m.weak for m in g.mentions)]
+    firm = [g for g in kept if g.firm]
     return firm if firm else kept
 
 
@@ -1145,7 +1169,7 @@ def _scale_prices(prices: list[_Price], brands: set[str]) -> None:
 
 def extract_watch_info(text: str, rates: Mapping[str, float] | None = None) -> WatchInfo:
     """Everything a trader cares about in one message; never raises on odd input."""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not text or text.isspace():  # = "not text.strip()", without the copy
         return WatchInfo()
     try:
         return _extract(text, rates)
