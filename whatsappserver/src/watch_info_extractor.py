@@ -188,12 +188,18 @@ class _Scanner:
             hint = search(text, pos)
         return found
 
-    def search(self, text: str, pos: int = 0) -> re.Match[str] | None:
-        """The first match from `pos` on, as re.search gives it (so a loop from each match's end = finditer)."""
+    def search(self, text: str, pos: int = 0, before: int | None = None) -> re.Match[str] | None:
+        """The first match from `pos` on, as re.search gives it (so a loop from each match's end = finditer).
+
+        With `before`, only a match starting before that index counts: the scan stops there, not at the end.
+        """
         if self._pre is None:
-            return self._rx.search(text, pos)
+            m = self._rx.search(text, pos)
+            return m if m is None or before is None or m.start() < before else None
         search, match = self._pre.search, self._rx.match
         while (hint := search(text, pos)) is not None:
+            if before is not None and hint.start() >= before:
+                return None
             m = match(text, hint.start())
             if m is not None:
                 return m
@@ -867,13 +873,14 @@ def _year(span: str) -> int | None:
         break
     # Every month-year has a "/" or a year after a dot or a space: without one, skip the scan.
     month_year = "/" in span or ".19" in span or ".20" in span or " 19" in span or " 20" in span
-    m = _MONTH_YEAR_RE.search(span) if month_year else None
     # The first usable month-year wins only if it comes before the year found above: stop looking past it.
-    while m is not None and (best is None or m.start() < best[0]):
+    limit = best[0] if best is not None else None
+    m = _MONTH_YEAR_RE.search(span, 0, limit) if month_year else None
+    while m is not None:
         if ranges is None:
             ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
         if any(s <= m.start() < e for s, e in ranges):
-            m = _MONTH_YEAR_RE.search(span, m.end())
+            m = _MONTH_YEAR_RE.search(span, m.end(), limit)
             continue
         raw = m.group("y") or m.group("y2") or m.group("y3")
         if len(raw) == 2:
@@ -882,7 +889,7 @@ def _year(span: str) -> int | None:
         else:
             year = int(raw)
         if not _YEAR_MIN <= year <= _YEAR_MAX:
-            m = _MONTH_YEAR_RE.search(span, m.end())
+            m = _MONTH_YEAR_RE.search(span, m.end(), limit)
             continue
         best = (m.start(), year)
         break
