@@ -11,7 +11,8 @@ from fastapi.security import APIKeyHeader
 from src.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async on purpose: a sync dependency would cost every request a hop through the thread pool."""
     return request.app.state.services  # type: ignore[no-any-return]
 
 
@@ -20,7 +21,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The server's SEARCH_API_KEY")
 
 
-def require_api_key(services: ServicesDep, api_key: str | None = Security(_api_key_header)) -> None:
+async def require_api_key(services: ServicesDep, api_key: str | None = Security(_api_key_header)) -> None:
     """Search endpoints answer only with X-API-Key equal to SEARCH_API_KEY (open when unset in development)."""
     expected = services.settings.SEARCH_API_KEY
     if not expected:
