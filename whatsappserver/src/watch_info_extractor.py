@@ -1094,10 +1094,12 @@ def _attrs(
     span_folded: str, span_original: str | _Collapsed, prices: list[_Price], offset: int, end: int
 ) -> _Attrs:
     a = _Attrs()
-    # Prices are in text order: only those starting inside the span matter (a long list has many).
-    lo = bisect.bisect_left(prices, offset, key=_price_start)
-    hi = bisect.bisect_left(prices, end, lo, key=_price_start)
-    inside = prices[lo:hi]
+    if offset == 0 and (not prices or prices[-1].start < end):  # every price is inside (the usual one watch)
+        inside = prices
+    else:  # prices are in text order: only those starting inside the span matter (a long list has many)
+        lo = bisect.bisect_left(prices, offset, key=_price_start)
+        hi = bisect.bisect_left(prices, end, lo, key=_price_start)
+        inside = prices[lo:hi]
     for p in inside:
         if not p.extra:
             a.price = p
@@ -1191,35 +1193,43 @@ def extract_watch_info(text: str, rates: Mapping[str, float] | None = None) -> W
 
 def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
     original, folded, prices, refs, mentions = _analyse(text)
-    line_starts = [0] + [m.end() for m in _NEWLINE_RE.finditer(original)]
-    n_lines = len(line_starts)
-    line_ends = [*(s - 1 for s in line_starts[1:]), len(original)]
-    line_has_price = [False] * n_lines
-    for p in prices:
-        if not p.extra:
-            line_has_price[bisect.bisect_right(line_starts, p.start) - 1] = True
-    # A header line ("Tudor neuves, carte 2024 :") states defaults for the list below it, not a watch.
-    header_lines = {
-        i
-        for i in (range(n_lines) if ":" in folded else ())
-        if folded[line_starts[i] : line_ends[i]].rstrip().endswith(":") and not line_has_price[i]
-    }
-    # In a list (two or more lines with references), a line naming only a brand is a header too.
-    line_kinds: dict[int, set[str]] = {}
-    for m in mentions:
-        kind = "ref" if m.ref is not None else ("family" if m.family else "brand")
-        line_kinds.setdefault(bisect.bisect_right(line_starts, m.start) - 1, set()).add(kind)
-    if sum("ref" in k for k in line_kinds.values()) >= 2:
-        header_lines |= {i for i, k in line_kinds.items() if k == {"brand"} and not line_has_price[i]}
-    default_brand: str | None = None
-    kept: list[_Mention] = []
-    for m in mentions:
-        line = bisect.bisect_right(line_starts, m.start) - 1
-        if line in header_lines and m.ref is None and n_lines > 1:
-            if m.brand and not m.weak and m.family is None:
-                default_brand = default_brand or m.brand
-                continue
-        kept.append(m)
+    if "\n" not in original:
+        # One line (most messages): no header lines (they need a list below), mentions and prices on line 0.
+        line_starts, n_lines, line_ends = [0], 1, [len(original)]
+        line_has_price = [any(not p.extra for p in prices)]
+        header_lines: set[int] = set()
+        default_brand: str | None = None
+        kept = mentions
+    else:
+        line_starts = [0] + [m.end() for m in _NEWLINE_RE.finditer(original)]
+        n_lines = len(line_starts)
+        line_ends = [*(s - 1 for s in line_starts[1:]), len(original)]
+        line_has_price = [False] * n_lines
+        for p in prices:
+            if not p.extra:
+                line_has_price[bisect.bisect_right(line_starts, p.start) - 1] = True
+        # A header line ("Tudor neuves, carte 2024 :") states defaults for the list below it, not a watch.
+        header_lines = {
+            i
+            for i in (range(n_lines) if ":" in folded else ())
+            if folded[line_starts[i] : line_ends[i]].rstrip().endswith(":") and not line_has_price[i]
+        }
+        # In a list (two or more lines with references), a line naming only a brand is a header too.
+        line_kinds: dict[int, set[str]] = {}
+        for m in mentions:
+            kind = "ref" if m.ref is not None else ("family" if m.family else "brand")
+            line_kinds.setdefault(bisect.bisect_right(line_starts, m.start) - 1, set()).add(kind)
+        if sum("ref" in k for k in line_kinds.values()) >= 2:
+            header_lines |= {i for i, k in line_kinds.items() if k == {"brand"} and not line_has_price[i]}
+        default_brand = None
+        kept = []
+        for m in mentions:
+            line = bisect.bisect_right(line_starts, m.start) - 1
+            if line in header_lines and m.ref is None and n_lines > 1:
+                if m.brand and not m.weak and m.family is None:
+                    default_brand = default_brand or m.brand
+                    continue
+            kept.append(m)
     groups = _group_mentions(kept, line_starts, line_has_price)
 
     intent, _pos = _intent(folded[:_INTENT_WINDOW])
