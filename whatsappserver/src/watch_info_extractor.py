@@ -26,6 +26,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import attrgetter
 
 from rapidfuzz import fuzz, process
 
@@ -50,7 +51,10 @@ __all__ = [
     "reference_info",
 ]
 
-MAX_TEXT_CHARS = 20_000  # longer input is cut: no real message is longer, and time stays bounded
+MAX_TEXT_CHARS = 20_000
+_START = attrgetter(
+    "start"
+)  # sort key of spans found in the text (C, not a lambda per item)  # longer input is cut: no real message is longer, and time stays bounded
 
 
 # ---------------------------------------------------------------- fast scanning
@@ -378,7 +382,7 @@ def _find_prices(folded: str) -> list[_Price]:
         if amount is None or amount < 50 or 1930 <= amount <= 2035:
             continue
         found.append(_Price(s, m.end("num"), amount, None, False, False))
-    found.sort(key=lambda p: p.start)
+    found.sort(key=_START)
     return found
 
 
@@ -565,8 +569,7 @@ def _find_refs(masked: str) -> list[_Ref]:
     if not _DIGIT_RE.search(masked):  # every reference has a digit
         return out
     for m in _REF_CANDIDATE_RE.finditer(masked):
-        tok = m.group("tok")
-        pfx = m.group("pfx")
+        pfx, tok = m.group("pfx", "tok")
         explicit = bool(pfx and pfx.startswith("r") and pfx != "rm")
         raw = tok
         if pfx in ("rm", "pam"):
@@ -696,7 +699,9 @@ def _find_alias_mentions(folded: str, original: str, taken: list[tuple[int, int]
         s, e = m.span()
         if covered[s] or covered[e - 1]:
             continue
-        key = _WS_RE.sub(" ", m.group())
+        key = m.group()
+        if not key.isalnum():  # only aliases of several words can hold whitespace (maybe a newline)
+            key = _WS_RE.sub(" ", key)
         alias = _ALIASES.get(key)
         if alias is None:
             continue
@@ -718,7 +723,7 @@ def _find_alias_mentions(folded: str, original: str, taken: list[tuple[int, int]
         if key is not None:
             alias = _ALIASES[key]
             out.append(_Mention(s, e, alias.brand, alias.family, True))
-    out.sort(key=lambda x: x.start)
+    out.sort(key=_START)
     return out
 
 
@@ -1154,7 +1159,7 @@ def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Menti
         if r.needs_context and r.brand not in context_brands:
             continue
         mentions.append(_Mention(r.start, r.end, r.brand, r.family, False, r))
-    mentions.sort(key=lambda x: x.start)
+    mentions.sort(key=_START)
     # A price glued to a reference ("116610LN8200") cannot be both: keep the reference.
     if refs and prices:  # refs are disjoint and in text order: find the one before each price by bisection
         ref_starts = [r.start for r in refs]
