@@ -403,11 +403,14 @@ _PHONE_RE = re.compile(
 # Every phone the mask blanks has eight digits separated only by these characters: without such a run the
 # (slow, lookbehind-led) phone scan cannot change the text.
 _PHONE_HINT_RE = re.compile(r"\d(?:[ .()+\-]*\d){7}")
+# Every phone match also holds one of these (each alternative above without its look-arounds): a second, slower
+# but far more selective gate, run only when the first passes (prices next to references pass it often).
+_PHONE_SHAPE_RE = re.compile(r"\+\d|0\d(?:[ .-]?\d\d){4}|\d{3}\)?[ .-]\d{3}[ .-]\d{4}|<phone>")
 
 
 def _mask_phones(folded: str) -> str:
     """Blank out phone numbers so their digits are taken for nothing."""
-    if "<phone>" not in folded and not _PHONE_HINT_RE.search(folded):
+    if "<phone>" not in folded and (not _PHONE_HINT_RE.search(folded) or not _PHONE_SHAPE_RE.search(folded)):
         return folded
 
     def blank(m: re.Match[str]) -> str:
