@@ -1158,6 +1158,7 @@ def _mask_spans(text: str, spans: list[tuple[int, int]]) -> str:
 
 
 _NEWLINE_RE = re.compile("\n")
+_ALNUM_RE = re.compile(r"[^\W_]")
 _NON_NEWLINE_RE = re.compile("[^\n]")
 
 
@@ -1322,6 +1323,8 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
 
     defaults = _Attrs()
     for s, e in context:
+        if _ALNUM_RE.search(folded, s, e) is None:
+            continue  # a separator or blank line ("———"): every attribute needs a letter or a digit
         a = _attrs(folded[s:e], original[s:e], [], s, e)
         defaults.condition = defaults.condition or a.condition
         defaults.year = defaults.year or a.year
