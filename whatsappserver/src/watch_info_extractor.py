@@ -761,6 +761,7 @@ _MONTH_YEAR_RE = _Scanner(
     r"(?<![\w/.])(?:n)?(?:0?[1-9]|1[0-2])(?:/(?P<y>\d{2}|(?:19|20)\d\d)|[.](?P<y3>(?:19|20)\d\d))(?![\w/.])"
     r"|(?:jan|feb|fev|mar|apr|avr|may|mai|jun|juin|jul|juil|aug|aout|sep|oct|nov|dec)[a-z]*\.? (?P<y2>(?:19|20)\d\d)(?!\d)"
 )
+_MONTH_YEAR_HINT_RE = re.compile(r"/\d\d|[. ](?:19|20)\d\d")
 _YEAR_RANGE_RE = _Scanner(
     r"(?:19|20)\d\d\s?[-–]\s?(?:19|20)?\d\d|(?:19|20)\d\d\s?(?:\+|ou plus|or newer|and up|and newer|or later|ou plus recent|minimum|min\b)"
 )
@@ -892,8 +893,8 @@ def _year(span: str) -> int | None:
             continue
         best = (m.start(), int(m.group("y")))
         break
-    # Every month-year has a "/" or a year after a dot or a space: without one, skip the scan.
-    month_year = "/" in span or ".19" in span or ".20" in span or " 19" in span or " 20" in span
+    # Every month-year has "/" and two digits, or a year after a dot or a space: without one, skip the scan.
+    month_year = _MONTH_YEAR_HINT_RE.search(span) is not None
     # The first usable month-year wins only if it comes before the year found above: stop looking past it.
     limit = best[0] if best is not None else None
     m = _MONTH_YEAR_RE.search(span, 0, limit) if month_year else None
