@@ -280,3 +280,51 @@ def test_prefiltered_scanners_match_their_patterns(text: str) -> None:
             got = scanner.search(t)
             first = plain.search(t)
             assert (got.span() if got else None) == (first.span() if first else None)
+            if first is not None:  # a bounded search sees only matches starting before the bound
+                bounded = scanner.search(t, 0, first.start() + 1)
+                assert bounded is not None and bounded.span() == first.span()
+                assert scanner.search(t, 0, first.start()) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(list("ab \n\t\r\x0b\x0c\x1c\x85\xa0\u2028\u3000\u200bé")), max_size=30)
+)
+def test_whitespace_collapse_equals_the_regex(text: str) -> None:
+    import re
+
+    from src import watch_info_extractor as wie
+
+    assert wie._collapse_ws(text) == re.sub(r"\s+", " ", text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["+", "0", "1", "2", "5", "9", " ", ".", "-", "(", ")", "/", "a", "<phone>", ",", "€"]
+        ),
+        max_size=40,
+    ).map("".join)
+)
+def test_phone_gates_never_skip_a_phone(text: str) -> None:
+    from src import watch_info_extractor as wie
+
+    def blank(m):  # the mask without its gates
+        if m.group() != "<phone>" and sum(ch.isdigit() for ch in m.group()) < 8:
+            return m.group()
+        return " " * len(m.group())
+
+    assert wie._mask_phones(text) == wie._PHONE_RE.sub(blank, text)
+
+
+def test_one_line_and_separator_lines() -> None:
+    # A single line ending in ":" is no list header: its watch stays.
+    (w,) = extract_watch_info("Rolex 116610LN dispo :").watches
+    assert (w.brand, w.reference) == ("Rolex", "116610LN")
+    # Separator lines in a list carry no attributes and change no default.
+    info = extract_watch_info(
+        "Full set 2021\n———\nRolex 116610LN $12,500\n---\nRolex 126710BLRO $21,000\n———"
+    )
+    assert [w.reference for w in info.watches] == ["116610LN", "126710BLRO"]
+    assert [w.price for w in info.watches] == [12500, 21000]
