@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import attrgetter
@@ -191,6 +191,13 @@ class _Scanner:
                 pos = m.end()
             hint = search(text, pos)
         return found
+
+    def iterate(self, text: str) -> Iterator[re.Match[str]]:
+        """finditer's matches one at a time, for loops that stop at the first decisive one."""
+        m = self.search(text)
+        while m is not None:
+            yield m
+            m = self.search(text, m.end())
 
     def search(self, text: str, pos: int = 0, before: int | None = None) -> re.Match[str] | None:
         """The first match from `pos` on, as re.search gives it (so a loop from each match's end = finditer).
@@ -967,7 +974,7 @@ def _intent(folded: str) -> tuple[MessageType | None, int]:
     """The first stated intent and where it is; None when the text states none."""
     if _LEADING_FS_RE.match(folded):
         return "sale", 0
-    for m in _INTENT_RE.finditer(folded):
+    for m in _INTENT_RE.iterate(folded):
         kind = m.lastgroup
         if kind == "sale_phrase":
             return "sale", m.start()
