@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     WHATSAPP_API_VERSION: str = "v21.0"
     GRAPH_API_BASE_URL: str = "https://graph.facebook.com"
     WEBHOOK_MAX_BODY_BYTES: int = 4 * 1024 * 1024
+    # A webhook whose messages are not stored within this time gets 503, so Meta retries (never a hang).
+    WEBHOOK_STORE_TIMEOUT_SECONDS: float = 5.0
 
     # Embeddings and answers
     OPENAI_API_KEY: str = ""

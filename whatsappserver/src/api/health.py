@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -15,19 +16,24 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
+HEALTH_STORE_TIMEOUT_SECONDS = 2.0
+
 
 @router.get("/health", summary="Server health and counters")
 async def read_health(services: ServicesDep) -> JSONResponse:
     """Component status, runtime counters, stored aggregates and queue depth."""
     settings = services.settings
-    store_ok = await services.store.ping()
     stored = None
-    if store_ok:
-        try:
-            stored = await services.store.stats()
-        except Exception:
-            log.exception("store stats failed")
-            store_ok = False
+    try:  # Render polls this: answer within seconds even when the database hangs
+        store_ok = await asyncio.wait_for(services.store.ping(), HEALTH_STORE_TIMEOUT_SECONDS)
+        if store_ok:
+            stored = await asyncio.wait_for(services.store.stats(), HEALTH_STORE_TIMEOUT_SECONDS)
+    except TimeoutError:
+        log.warning("store did not answer /health within %ss", HEALTH_STORE_TIMEOUT_SECONDS)
+        store_ok = False
+    except Exception:
+        log.exception("store stats failed")
+        store_ok = False
     worker_alive = services.pipeline.running or not settings.WORKER_ENABLED
     components: dict[str, Any] = {
         "webhook": True,

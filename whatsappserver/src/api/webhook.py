@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -10,8 +11,15 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from src.api.deps import ServicesDep
+from src.services import Services
 from src.store.base import StoreError
-from src.whatsapp.webhook import SIGNATURE_HEADER, WebhookError, parse_payload, signature_is_valid
+from src.whatsapp.webhook import (
+    SIGNATURE_HEADER,
+    ParsedWebhook,
+    WebhookError,
+    parse_payload,
+    signature_is_valid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _store(services: Services, parsed: ParsedWebhook) -> tuple[list[str], int]:
+    """Insert the messages (pending) and apply the edits; returns (new ids, edits applied)."""
+    inserted = await services.store.insert_messages(parsed.messages)
+    edited = 0
+    for edit in parsed.edits:
+        if await services.store.apply_edit(edit.original_id, edit.text, edit.raw):
+            edited += 1
+    return inserted, edited
+
+
 @router.post("/webhook", include_in_schema=False)
 async def receive_webhook(request: Request, services: ServicesDep) -> Response:
     """Store every message of the POST durably (pending), then answer 200; the worker does the rest."""
@@ -95,11 +113,16 @@ async def receive_webhook(request: Request, services: ServicesDep) -> Response:
         return _problem(400, str(exc))
 
     try:
-        inserted = await services.store.insert_messages(parsed.messages)
-        edited = 0
-        for edit in parsed.edits:
-            if await services.store.apply_edit(edit.original_id, edit.text, edit.raw):
-                edited += 1
+        inserted, edited = await asyncio.wait_for(
+            _store(services, parsed), timeout=settings.WEBHOOK_STORE_TIMEOUT_SECONDS
+        )
+    except TimeoutError:
+        # A write that lands after this is harmless: Meta's retry of the same ids is a duplicate.
+        runtime.store_unavailable += 1
+        log.error(
+            "store did not answer within %ss, asking Meta to retry", settings.WEBHOOK_STORE_TIMEOUT_SECONDS
+        )
+        return _problem(503, "storage too slow, retry later")
     except StoreError as exc:
         runtime.store_unavailable += 1
         log.error("store unavailable, asking Meta to retry: %s", exc)
