@@ -6,6 +6,7 @@ Shape borrowed from simonw/llm: only `embed_batch` is abstract; `embed` derives 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import logging
 import math
@@ -126,6 +127,13 @@ def embedding_text(
     ]
     head = " | ".join(part for part in parts if part)
     return f"{head}\n{text}" if head else text
+
+
+def _decode_vector(value: str | list[float]) -> list[float]:
+    """A float32 row from the API's base64 (or, from servers that ignore encoding_format, a float list)."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f4")  # type: ignore[return-value]
+    return value
 
 
 def create_embedder(settings: Settings) -> Embedder:
@@ -349,11 +357,15 @@ class OpenAIEmbedder(Embedder):
         async with self._semaphore:
             self.requests += 1
             kwargs: dict[str, Any] = {"dimensions": self.dimensions} if self._send_dimensions else {}
-            response = await self._client.embeddings.create(input=inputs, model=self.model_name, **kwargs)
-        data = sorted(response.data, key=lambda item: item.index)
+            # Raw base64 decoded with numpy: the SDK's parsed response would build a Python float per value
+            # (hundreds of thousands per batch) on the event loop, holding up webhook acks.
+            raw = await self._client.embeddings.with_raw_response.create(
+                input=inputs, model=self.model_name, encoding_format="base64", **kwargs
+            )
+        data = sorted(raw.http_response.json()["data"], key=lambda item: item["index"])
         if len(data) != len(inputs):
             raise EmbeddingError(f"{self.model_name} returned {len(data)} vectors for {len(inputs)} inputs")
-        vectors = [item.embedding for item in data]
+        vectors = [_decode_vector(item["embedding"]) for item in data]
         if any(len(vector) != self.dimensions for vector in vectors):
             raise EmbeddingError(
                 f"{self.model_name} returned vectors of {len(vectors[0])} dimensions, expected "
