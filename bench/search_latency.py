@@ -104,7 +104,8 @@ def load_postgres(url: str, vectors: np.ndarray, brands: list[str]) -> float:
         conn.execute("SET max_parallel_maintenance_workers = 1")
         start = time.perf_counter()
         conn.execute(
-            "CREATE INDEX watch_listings_embedding_hnsw ON watch_listings USING hnsw (embedding vector_cosine_ops)"
+            "CREATE INDEX watch_listings_embedding_hnsw ON watch_listings USING hnsw (embedding vector_cosine_ops) "
+            "WITH (m = 32, ef_construction = 128)"  # as in the migration
         )
         build = time.perf_counter() - start
         conn.execute("ANALYZE watch_listings")

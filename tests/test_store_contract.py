@@ -646,3 +646,41 @@ async def test_supabase_down_is_unavailable() -> None:
         with pytest.raises(StoreError, match="migrations"):
             await store.open()
     await store.close()
+
+
+async def test_filtered_vector_search_over_many_matching_rows(store: Store) -> None:
+    """Filters keeping thousands of rows (on Postgres: the HNSW walk with the filter applied as it
+    goes, not the exact path) still return `limit` matching rows, best first, near the exact top."""
+    rng = np.random.default_rng(11)
+    centers = rng.standard_normal((60, DIMS)).astype(np.float32)
+    count = 2400
+    noise = rng.standard_normal((count, DIMS)).astype(np.float32) / np.sqrt(DIMS)
+    vectors = centers[np.arange(count) % 60] + 4.0 * noise
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    brand = ["Rolex" if i % 12 == 0 else "Tudor" for i in range(count)]
+    sender = ["15550000002" if i % 12 == 1 else "15550000001" for i in range(count)]
+    specs = [
+        (
+            msg(f"h{i:04d}", sender=sender[i], sent_at=T0),
+            [listing(f"h{i:04d}", 0, vectors[i].tolist(), brand=brand[i])],
+        )
+        for i in range(count)
+    ]
+    for lo in range(0, count, 400):
+        await seed(store, specs[lo : lo + 400])
+    query = vectors[5] + 0.2 * rng.standard_normal(DIMS).astype(np.float32) / np.sqrt(DIMS)
+    query /= np.linalg.norm(query)
+    for filters, keep in (
+        (SearchFilters(brand="Tudor"), [b == "Tudor" for b in brand]),
+        (
+            SearchFilters(brand="Tudor", sender_id="15550000001"),
+            [b == "Tudor" and s == "15550000001" for b, s in zip(brand, sender, strict=True)],
+        ),
+    ):
+        rows = np.flatnonzero(keep)
+        exact = {f"h{i:04d}" for i in rows[np.argsort(-(vectors[rows] @ query))[:10]]}
+        hits = await store.search_vector(query.tolist(), MODEL, filters, 10)
+        assert len(hits) == 10
+        assert all(keep[int(h.message_id[1:])] for h in hits)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        assert len(exact & {h.message_id for h in hits}) >= 9
