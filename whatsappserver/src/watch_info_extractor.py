@@ -167,10 +167,12 @@ class _Scanner:
 
     __slots__ = ("_pre", "_rx", "pattern")
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, prefilter: str | None = None) -> None:
+        """`prefilter`, when given, must match at every position where `pattern` matches (a hand-made, more
+        selective gate than the derived prefixes; it only saves trying the full pattern where it cannot match)."""
         self.pattern = pattern
         self._rx = re.compile(pattern)
-        self._pre = _prefilter(pattern)
+        self._pre = re.compile(prefilter) if prefilter is not None else _prefilter(pattern)
 
     def finditer(self, text: str) -> Sequence[re.Match[str]]:
         """The matches re.finditer gives (none of these patterns matches the empty string), in order."""
@@ -770,7 +772,9 @@ _MONTH_YEAR_RE = _Scanner(
 )
 _MONTH_YEAR_HINT_RE = re.compile(r"/\d\d|[. ](?:19|20)\d\d")
 _YEAR_RANGE_RE = _Scanner(
-    r"(?:19|20)\d\d\s?[-–]\s?(?:19|20)?\d\d|(?:19|20)\d\d\s?(?:\+|ou plus|or newer|and up|and newer|or later|ou plus recent|minimum|min\b)"
+    r"(?:19|20)\d\d\s?[-–]\s?(?:19|20)?\d\d|(?:19|20)\d\d\s?(?:\+|ou plus|or newer|and up|and newer|or later|ou plus recent|minimum|min\b)",
+    # Every range has a year and then a dash, a plus or one of the words: a plain year is not worth a try.
+    prefilter=r"(?:19|20)\d\d\s?(?:[-–+]|ou |or |and |min)",
 )
 _YEAR_SKIP_BEFORE_RE = _Scanner(
     r"(?:revisee?|service[d]?|serviced in|entretien|polie?|polished|can be|depuis|since|annees|years?|yr)\W{0,3}(?:ap\W{0,2})?(?:en|in)?\W{0,2}$"
