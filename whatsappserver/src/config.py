@@ -62,7 +62,7 @@ class Settings(BaseSettings):
 
     # Worker
     WORKER_ENABLED: bool = True
-    WORKER_BATCH_SIZE: int = 128
+    WORKER_BATCH_SIZE: int = 512
     WORKER_POLL_SECONDS: float = 0.5
     WORKER_LEASE_SECONDS: int = 120
     WORKER_MAX_ATTEMPTS: int = 8

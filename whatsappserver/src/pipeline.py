@@ -31,7 +31,7 @@ ProcessedHook = Callable[[StoredMessage, WatchInfo], Awaitable[None]]
 
 @dataclass(slots=True)
 class WorkerSettings:
-    batch_size: int = 128
+    batch_size: int = 512
     poll_seconds: float = 0.5
     lease_seconds: int = 120
     max_attempts: int = 8
@@ -307,6 +307,7 @@ class Pipeline:
 
     async def process(self, messages: list[StoredMessage]) -> None:
         extracted: list[tuple[StoredMessage, WatchInfo, list[ListingRecord]]] = []
+        await self._yield_to_intake()
         infos = await self.analysis.extract([message.text for message in messages])
         for message, info in zip(messages, infos, strict=True):
             if isinstance(info, str):  # extraction is pure; a crash is a bug, never a lost message
@@ -337,6 +338,7 @@ class Pipeline:
                 listing.embedding = vector  # type: ignore[assignment] - a float32 row is fine for every store
                 listing.embedding_model = self.embedder.model_name
 
+        await self._yield_to_intake()  # writing is main-process work: let waiting webhook requests go first
         await self.store.complete_messages([(message.id, rows) for message, _, rows in extracted])
         self.runtime.batches_processed += 1
         for message, info, _ in extracted:
