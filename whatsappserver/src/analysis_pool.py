@@ -17,7 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from src.watch_models import WatchInfo
+from src.watch_models import WatchInfo, WatchListing
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,32 @@ def extract_many(texts: list[str], rates: Mapping[str, float] | None) -> list[Wa
     return results
 
 
-def _extract_in_child(texts: list[str]) -> list[WatchInfo | str]:
-    return extract_many(texts, _rates)
+# A watch as a plain tuple, in WatchListing's field order: plain tuples unpickle in C, pydantic objects do not
+# (512 WatchInfo objects cost ~20 ms of GIL in the parent's result thread, which delays webhook acks).
+_LISTING_FIELDS = tuple(WatchListing.model_fields)
+CompactInfo = tuple[str, float, tuple[tuple[object, ...], ...]]
+
+
+def _compact(info: WatchInfo) -> CompactInfo:
+    return (
+        info.message_type,
+        info.confidence,
+        tuple(tuple(getattr(w, name) for name in _LISTING_FIELDS) for w in info.watches),
+    )
+
+
+def _expand(compact: CompactInfo) -> WatchInfo:
+    """Rebuild without validating again: the child already validated every value."""
+    message_type, confidence, watches = compact
+    return WatchInfo.model_construct(
+        message_type=message_type,
+        confidence=confidence,
+        watches=[WatchListing.model_construct(**dict(zip(_LISTING_FIELDS, w, strict=True))) for w in watches],
+    )
+
+
+def _extract_in_child(texts: list[str]) -> list[CompactInfo | str]:
+    return [r if isinstance(r, str) else _compact(r) for r in extract_many(texts, _rates)]
 
 
 def _embed_in_child(texts: list[str], dimensions: int) -> bytes:
@@ -99,7 +123,8 @@ class AnalysisPool:
     async def extract(self, texts: list[str]) -> list[WatchInfo | str]:
         if not self.enabled:
             return extract_many(texts, self.rates)
-        return await self._run(_extract_in_child, texts)  # type: ignore[no-any-return]
+        results = await self._run(_extract_in_child, texts)
+        return [r if isinstance(r, str) else _expand(r) for r in results]
 
     async def embed_local(self, texts: list[str], dimensions: int) -> list[np.ndarray]:
         """LocalEmbedder vectors computed in the child (the same function, so the same vectors).
