@@ -129,6 +129,21 @@ def embedding_text(
     return f"{head}\n{text}" if head else text
 
 
+def embedding_text_from_row(row: Any) -> str:
+    """`embedding_text` of a stored listing row (any backend's row that can be indexed by column name)."""
+    return embedding_text(
+        message_type=row["message_type"],
+        brand=row["brand"],
+        model=row["model"],
+        reference=row["reference"],
+        price=row["price"],
+        currency=row["currency"],
+        condition=row["condition"],
+        year=row["year"],
+        text=row["text"],
+    )
+
+
 def _decode_vector(value: str | list[float]) -> list[float]:
     """A float32 row from the API's base64 (or, from servers that ignore encoding_format, a float list)."""
     if isinstance(value, str):

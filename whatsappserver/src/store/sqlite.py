@@ -835,16 +835,6 @@ def _fts_terms(query: str) -> list[str]:
 
 
 def _embedding_text_from_row(row: sqlite3.Row) -> str:
-    from src.embedding_processor import embedding_text
+    from src.embedding_processor import embedding_text_from_row
 
-    return embedding_text(
-        message_type=row["message_type"],
-        brand=row["brand"],
-        model=row["model"],
-        reference=row["reference"],
-        price=row["price"],
-        currency=row["currency"],
-        condition=row["condition"],
-        year=row["year"],
-        text=row["text"],
-    )
+    return embedding_text_from_row(row)

@@ -297,23 +297,13 @@ class SupabaseStore:
         return [hit_from_row(row) for row in await self._rpc("list_watch_listings", args) or []]
 
     async def listings_needing_embedding(self, model: str, limit: int) -> list[tuple[int, str]]:
-        from src.embedding_processor import embedding_text
+        from src.embedding_processor import embedding_text_from_row
 
         rows = await self._rpc("listings_needing_embedding", {"target_model": model, "batch": limit})
         return [
             (
                 int(row["id"]),
-                embedding_text(
-                    message_type=row["message_type"],
-                    brand=row["brand"],
-                    model=row["model"],
-                    reference=row["reference"],
-                    price=row["price"],
-                    currency=row["currency"],
-                    condition=row["condition"],
-                    year=row["year"],
-                    text=row["text"],
-                ),
+                embedding_text_from_row(row),
             )
             for row in rows or []
         ]
