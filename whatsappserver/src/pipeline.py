@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,8 @@ class WorkerSettings:
     # Yield to intake while the event loop runs this late; but never hold a batch back longer than the cap.
     yield_lag_seconds: float = 0.004
     yield_max_seconds: float = 2.0
+    # ... and while webhooks are arriving (one within this many seconds).
+    yield_after_webhook_seconds: float = 0.05
 
 
 def listings_for(message: StoredMessage, info: WatchInfo) -> list[ListingRecord]:
@@ -227,7 +230,10 @@ class Pipeline:
         """While webhook requests wait for the CPU, hold the next batch back (bounded, so work still moves)."""
         waited = 0.0
         while (
-            self.lag_monitor.lag > self.settings.yield_lag_seconds
+            (
+                self.lag_monitor.lag > self.settings.yield_lag_seconds
+                or time.monotonic() - self.runtime.last_webhook_at < self.settings.yield_after_webhook_seconds
+            )
             and waited < self.settings.yield_max_seconds
             and not self._stopping
         ):

@@ -33,6 +33,7 @@ class RuntimeStats:
     embedding_calls: int = 0
     embedding_errors: int = 0
     last_embedding_error: str | None = None
+    last_webhook_at: float = 0.0  # time.monotonic() of the latest webhook POST: the worker yields to intake
 
     @classmethod
     def new(cls) -> RuntimeStats:

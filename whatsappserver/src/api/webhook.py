@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -83,6 +84,7 @@ async def receive_webhook(request: Request, services: ServicesDep) -> Response:
     settings = services.settings
     runtime = services.runtime
     runtime.webhook_posts += 1
+    runtime.last_webhook_at = time.monotonic()
     try:
         body = await _read_body(request, settings.WEBHOOK_MAX_BODY_BYTES)
     except BodyTooLarge:
