@@ -49,6 +49,8 @@ class WorkerSettings:
     yield_max_seconds: float = 2.0
     # ... and while webhooks are arriving (one within this many seconds).
     yield_after_webhook_seconds: float = 0.05
+    # Batch size taken while intake stays busy past yield_max_seconds: progress without long pauses in acks.
+    busy_batch_size: int = 32
 
 
 def listings_for(message: StoredMessage, info: WatchInfo) -> list[ListingRecord]:
@@ -189,9 +191,10 @@ class Pipeline:
                         break
                 if not await self._acquire_unless_stopped(slots):
                     break
-                await self._yield_to_intake()
+                intake_busy = await self._yield_to_intake()
                 try:
-                    messages = await self._claim_batch() if not self._stopping else []
+                    size = self.settings.busy_batch_size if intake_busy else self.settings.batch_size
+                    messages = await self._claim_batch(size) if not self._stopping else []
                 except Exception:  # the store is down or a bug: keep the worker alive, retry soon
                     self.runtime.errors += 1
                     log.exception("worker claim failed; retrying")
@@ -226,8 +229,11 @@ class Pipeline:
             log.warning("stopped with %d batch(es) unfinished; their messages stay queued", len(not_done))
             await asyncio.gather(*not_done, return_exceptions=True)
 
-    async def _yield_to_intake(self) -> None:
-        """While webhook requests wait for the CPU, hold the next batch back (bounded, so work still moves)."""
+    async def _yield_to_intake(self) -> bool:
+        """While webhooks arrive or wait for the CPU, hold the next batch back (bounded, so work still moves).
+
+        Returns True when intake is still busy after the wait: the caller then takes a small batch.
+        """
         waited = 0.0
         while (
             (
@@ -239,6 +245,7 @@ class Pipeline:
         ):
             await asyncio.sleep(0.02)
             waited += 0.02
+        return waited >= self.settings.yield_max_seconds
 
     async def _idle(self) -> None:
         """Wait for a wake-up or the next poll."""
@@ -284,9 +291,8 @@ class Pipeline:
         )
         await self._sleep_unless_stopped(ceiling * random.uniform(0.8, 1.0))
 
-    async def _claim_batch(self) -> list[StoredMessage]:
+    async def _claim_batch(self, size: int) -> list[StoredMessage]:
         """Claim a batch; a short one lingers briefly for the rest of a burst, so one call embeds it all."""
-        size = self.settings.batch_size
         messages = await self.store.claim_pending(size, self.settings.lease_seconds)
         if messages and len(messages) < size and self.settings.linger_seconds > 0 and not self._stopping:
             await self._sleep_unless_stopped(self.settings.linger_seconds)
