@@ -113,6 +113,9 @@ CREATE TABLE IF NOT EXISTS embedding_models (
 );
 """
 
+# Rows per multi-row INSERT (10 parameters each, well under SQLite's 32,766-variable limit).
+INSERT_ROWS_PER_STATEMENT = 500
+
 # Messages per worker transaction: short enough that a webhook insert never waits long behind one.
 COMPLETE_CHUNK = 16
 
@@ -433,27 +436,39 @@ class SQLiteStore:
         results: list[list[str]] = []
         conn.execute(f"PRAGMA synchronous={durability}")
         conn.execute("BEGIN IMMEDIATE")
+        # One multi-row INSERT ... RETURNING per slice: the ids it returns are the new ones (a redelivered id
+        # is skipped by ON CONFLICT), at a fraction of the cost of one statement per message.
+        rows = [
+            (
+                m.id,
+                m.source,
+                m.chat_id,
+                m.sender_id,
+                m.sender_name,
+                _ts(m.sent_at),
+                now,
+                m.wa_type,
+                m.text,
+                json.dumps(m.raw, ensure_ascii=False),
+            )
+            for messages in groups
+            for m in messages
+        ]
+        new_ids: set[str] = set()
+        for start in range(0, len(rows), INSERT_ROWS_PER_STATEMENT):
+            chunk = rows[start : start + INSERT_ROWS_PER_STATEMENT]
+            sql = (
+                "INSERT INTO whatsapp_messages (id, source, chat_id, sender_id, sender_name, sent_at, received_at, "
+                "wa_type, text, raw, status) VALUES "
+                + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')"] * len(chunk))
+                + " ON CONFLICT (id) DO NOTHING RETURNING id"
+            )
+            new_ids.update(row[0] for row in conn.execute(sql, [value for row in chunk for value in row]))
         for messages in groups:
             inserted: list[str] = []
             for message in messages:
-                cursor = conn.execute(
-                    "INSERT INTO whatsapp_messages (id, source, chat_id, sender_id, sender_name, sent_at, "
-                    "received_at, wa_type, text, raw, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending') "
-                    "ON CONFLICT (id) DO NOTHING",
-                    (
-                        message.id,
-                        message.source,
-                        message.chat_id,
-                        message.sender_id,
-                        message.sender_name,
-                        _ts(message.sent_at),
-                        now,
-                        message.wa_type,
-                        message.text,
-                        json.dumps(message.raw, ensure_ascii=False),
-                    ),
-                )
-                if cursor.rowcount == 1:
+                if message.id in new_ids:
+                    new_ids.discard(message.id)  # the same id twice in one POST is stored once
                     inserted.append(message.id)
             results.append(inserted)
         try:
