@@ -120,6 +120,11 @@ class AnalysisPool:
             self._executor = None
             return await loop.run_in_executor(self._pool(), fn, *args)
 
+    async def warm_up(self) -> None:
+        """Start the child and load the catalogue now, not on the first batch (which may come under load)."""
+        if self.enabled:
+            await self._run(_extract_in_child, ["warm-up"])
+
     async def extract(self, texts: list[str]) -> list[WatchInfo | str]:
         if not self.enabled:
             return extract_many(texts, self.rates)

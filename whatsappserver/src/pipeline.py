@@ -182,6 +182,10 @@ class Pipeline:
         self.analysis.close()
 
     async def run_forever(self) -> None:
+        try:
+            await self.analysis.warm_up()
+        except Exception:  # the batch path restarts the child if needed
+            log.exception("analysis process warm-up failed")
         slots = asyncio.Semaphore(max(1, self.settings.concurrency))
         try:
             while not self._stopping:
