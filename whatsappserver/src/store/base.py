@@ -5,6 +5,8 @@ One shared contract test suite (tests/test_store_contract.py) runs against every
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -151,6 +153,34 @@ class StoreStats:
     total_value_eur: float = 0.0
     top_brands: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """A timestamptz from psycopg (datetime) or from PostgREST JSON (ISO text)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def message_from_row(row: Mapping[str, Any]) -> StoredMessage:
+    """A whatsapp_messages row from any backend (timestamps as datetimes or ISO text, raw as JSON or text)."""
+    raw = row.get("raw") or {}
+    return StoredMessage(
+        id=row["id"],
+        source=row["source"],
+        chat_id=row["chat_id"],
+        sender_id=row["sender_id"],
+        sender_name=row["sender_name"],
+        sent_at=as_datetime(row["sent_at"]),
+        received_at=as_datetime(row["received_at"]),
+        wa_type=row["wa_type"],
+        text=row["text"],
+        status=row["status"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        processed_at=as_datetime(row["processed_at"]),
+        raw=json.loads(raw) if isinstance(raw, str) else raw,
+    )
 
 
 @runtime_checkable

@@ -33,6 +33,8 @@ from src.store.base import (
     StoreError,
     StoreStats,
     StoreUnavailable,
+    as_datetime,
+    message_from_row,
 )
 
 log = logging.getLogger(__name__)
@@ -49,13 +51,6 @@ def utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-def as_datetime(value: Any) -> datetime | None:
-    """A timestamptz from psycopg (datetime) or from PostgREST JSON (ISO text)."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
 
 
 def filter_args(filters: SearchFilters) -> dict[str, Any]:
@@ -104,26 +99,6 @@ def hit_from_row(row: Mapping[str, Any]) -> ListingHit:
         score=float(row["score"] or 0.0),
         vector_score=row.get("vector_score"),
         keyword_score=row.get("keyword_score"),
-    )
-
-
-def message_from_row(row: Mapping[str, Any]) -> StoredMessage:
-    raw = row.get("raw") or {}
-    return StoredMessage(
-        id=row["id"],
-        source=row["source"],
-        chat_id=row["chat_id"],
-        sender_id=row["sender_id"],
-        sender_name=row["sender_name"],
-        sent_at=as_datetime(row["sent_at"]),
-        received_at=as_datetime(row["received_at"]),
-        wa_type=row["wa_type"],
-        text=row["text"],
-        status=row["status"],
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        processed_at=as_datetime(row["processed_at"]),
-        raw=json.loads(raw) if isinstance(raw, str) else raw,
     )
 
 

@@ -30,6 +30,8 @@ from src.store.base import (
     StoredMessage,
     StoreStats,
     StoreUnavailable,
+    as_datetime,
+    message_from_row,
     rrf_fuse,
 )
 from src.watch_models import normalize_reference
@@ -135,10 +137,6 @@ def _ts(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
-def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
 def _now() -> str:
     return _ts(datetime.now(UTC)) or ""
 
@@ -151,25 +149,6 @@ def _vector_blob(vector: list[float] | None) -> bytes | None:
     if vector is None:
         return None
     return np.asarray(vector, dtype="<f4").tobytes()
-
-
-def _message_from_row(row: sqlite3.Row) -> StoredMessage:
-    return StoredMessage(
-        id=row["id"],
-        source=row["source"],
-        chat_id=row["chat_id"],
-        sender_id=row["sender_id"],
-        sender_name=row["sender_name"],
-        sent_at=_dt(row["sent_at"]),
-        received_at=_dt(row["received_at"]),
-        wa_type=row["wa_type"],
-        text=row["text"],
-        status=row["status"],
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        processed_at=_dt(row["processed_at"]),
-        raw=json.loads(row["raw"] or "{}"),
-    )
 
 
 def _hit_from_row(row: tuple[Any, ...], score: float = 0.0) -> ListingHit:
@@ -190,12 +169,12 @@ def _hit_from_row(row: tuple[Any, ...], score: float = 0.0) -> ListingHit:
         papers=_bool(row[13]),
         confidence=row[14],
         text=row[15],
-        created_at=_dt(row[16]),
+        created_at=as_datetime(row[16]),
         message_text=row[17],
         sender_id=row[18],
         sender_name=row[19],
         chat_id=row[20],
-        sent_at=_dt(row[21]),
+        sent_at=as_datetime(row[21]),
         score=score,
     )
 
@@ -492,7 +471,7 @@ class SQLiteStore:
     async def get_message(self, message_id: str) -> StoredMessage | None:
         def _get(conn: sqlite3.Connection) -> StoredMessage | None:
             row = conn.execute("SELECT * FROM whatsapp_messages WHERE id = ?", (message_id,)).fetchone()
-            return _message_from_row(row) if row else None
+            return message_from_row(dict(row)) if row else None
 
         return await self._run(_get)
 
@@ -514,7 +493,7 @@ class SQLiteStore:
                 [(until, row["id"]) for row in rows],
             )
             conn.execute("COMMIT")
-            return [_message_from_row(row) for row in rows]
+            return [message_from_row(dict(row)) for row in rows]
 
         return await self._run(_claim)
 

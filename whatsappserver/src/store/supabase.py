@@ -28,12 +28,12 @@ from src.store.base import (
     StoreError,
     StoreStats,
     StoreUnavailable,
+    message_from_row,
 )
 from src.store.postgres import (
     dimension_error,
     filter_args,
     hit_from_row,
-    message_from_row,
     stats_from_json,
     usable_query_vector,
     utc,
