@@ -84,3 +84,26 @@ def test_status_reads_counters_from_the_store(
     assert status["watch_stats"]["wanted_found"] == 1
     assert status["queue"] == {"pending": 0, "failed": 0, "last_error": None}
     assert fake_phone(1) not in result.output
+
+
+def test_forget_sender_also_deletes_messages_not_processed_yet(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With the worker off, the sender's messages are still pending: they go too, others stay."""
+    settings = make_settings(WORKER_ENABLED=False)
+    messages = [
+        text_message("Vends Rolex Submariner 116610LN 8200€", sender=fake_phone(1)),
+        text_message("Vends Omega Speedmaster 5000€", sender=fake_phone(2)),
+    ]
+    body, headers = body_and_headers(payload([change(messages)]), TEST_SECRET)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/webhook", content=body, headers=headers).json()["stored"] == 2
+    monkeypatch.setenv("SQLITE_PATH", str(settings.SQLITE_PATH))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["forget-sender", fake_phone(1), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "deleted 1 message(s)" in result.output
+    conn = sqlite3.connect(settings.SQLITE_PATH)
+    rows = conn.execute("SELECT sender_id, status FROM whatsapp_messages").fetchall()
+    conn.close()
+    assert rows == [(fake_phone(2), "pending")]
