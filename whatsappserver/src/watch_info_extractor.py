@@ -277,8 +277,18 @@ _CUR_POST = (
     r"€|£|¥|\$(?![ ]?\d)|usdt\b|usd\b|eur\b|euros?\b|chf\b|gbp\b|hkd\b|aed\b|dhs?\b|dirhams?\b|sgd\b|jpy\b|yen\b"
     r"|cad\b|aud\b|dollars?\b|bucks\b|francs?\b|pounds?\b|e(?![a-z])"
 )
+# The price pattern is, in effect, (?<![\w.,/$€£])(?:(?P<pre>{_CUR_PRE})[ ]?)?(?P<num>{_NUM})... . Written that way
+# it starts with a lookbehind, and the engine tries it at every position. Here it starts with a class of the
+# characters a price can start with and tests the lookbehind right after it, so the engine skips straight to
+# them; the rest is the same pattern with that first character taken: `nr` is the number after its first digit,
+# `pr` the currency after its first character (the same alternatives, in the same order).
+_NUM_REST = r"\d{0,2}(?:[ .,']\d{3})+(?:[.,]\d{1,2})?|\d*(?:[.,]\d{1,3})?"  # _NUM after its first digit
+_CUR_PRE_REST = (  # _CUR_PRE after its first character
+    r"(?<=u)(?:s\$|sdt|sd)|(?<=e)(?:ur|uros?)|(?<=c)hf|(?<=g)bp|(?<=h)k\$|(?<=h)kd|(?<=a)ed|(?<=s)gd|(?<=s)\$"
+    r"|(?<=j)py|(?<=c)ad|(?<=a)ud|(?<=[$€£¥])"
+)
 _PRICE_RE = re.compile(
-    rf"(?<![\w.,/$€£])(?:(?P<pre>{_CUR_PRE})[ ]?)?(?P<num>{_NUM})"
+    rf"[0-9$€£¥uecghasj](?<![\w.,/$€£].)(?:(?<=\d)(?P<nr>{_NUM_REST})|(?P<pr>{_CUR_PRE_REST})[ ]?(?P<num>{_NUM}))"
     rf"(?:[ ]?(?P<mult>k(?![a-z])|m(?![a-z])|mio\b|mil\b|million\b)(?P<kd>\d{{1,3}}(?![\d.,]))?)?"
     rf"(?:[ ]?(?:,-|\.-|\.--))?"
     rf"(?:[ ]?(?P<post>{_CUR_POST}))?"
@@ -343,10 +353,17 @@ def _find_prices(folded: str) -> list[_Price]:
     if not _DIGIT_RE.search(folded):  # every price has a number
         return found
     for m in _PRICE_RE.finditer(folded):
-        pre, num, mult, kd, post = m.groups()
-        if not (pre or post or mult):
-            continue  # a bare number
-        if post == "e" and (mult is None and m.start("post") != m.end("num")):
+        nr, _pr, num, mult, kd, post = m.groups()
+        if nr is not None:  # led by a digit: no currency before the number
+            if not (post or mult):
+                continue  # a bare number
+            pre = None
+            num_end = m.end("nr")
+            num = folded[m.start() : num_end]
+        else:
+            pre = folded[m.start() : m.end("pr")]
+            num_end = m.end("num")
+        if post == "e" and (mult is None and m.start("post") != num_end):
             continue  # "3200e" only when glued
         if post == "e" and mult is None and not re.fullmatch(r"\d{2,6}", num):
             continue
@@ -409,17 +426,20 @@ _PHONE_RE = re.compile(
 )
 
 
-# Every phone the mask blanks has eight digits separated only by these characters: without such a run the
-# (slow, lookbehind-led) phone scan cannot change the text.
-_PHONE_HINT_RE = re.compile(r"\d(?:[ .()+\-]*\d){7}")
-# Every phone match also holds one of these (each alternative above without its look-arounds): a second, slower
-# but far more selective gate, run only when the first passes (prices next to references pass it often).
-_PHONE_SHAPE_RE = re.compile(r"\+\d|0\d(?:[ .-]?\d\d){4}|\d{3}\)?[ .-]\d{3}[ .-]\d{4}|<phone>")
+# Every phone match also holds one of these (each alternative above without its look-arounds), so without one
+# the (slow, lookbehind-led) phone scan cannot change the text. Each alternative starts with a literal (the
+# digit-led one is spelt out per digit), so the engine jumps from one "+", "<" or digit to the next instead of
+# trying the pattern at every position.
+_PHONE_SHAPE_RE = re.compile(
+    r"\+\d|0\d(?:[ .-]?\d\d){4}|"
+    + "|".join(rf"{d}\d\d\)?[ .-]\d{{3}}[ .-]\d{{4}}" for d in "0123456789")
+    + "|<phone>"
+)
 
 
 def _mask_phones(folded: str) -> str:
     """Blank out phone numbers so their digits are taken for nothing."""
-    if "<phone>" not in folded and (not _PHONE_HINT_RE.search(folded) or not _PHONE_SHAPE_RE.search(folded)):
+    if _PHONE_SHAPE_RE.search(folded) is None:
         return folded
 
     def blank(m: re.Match[str]) -> str:
@@ -655,7 +675,7 @@ _FUZZY_STOPWORDS = frozenset(
     "zenith zeniths heure heures heuer neuve neuves neuf state states stock stocks tissue rados radio "
     "omelette homage hommage patent patek's audio audit pateks prices price prise prisé".split()
 )
-_WORD_RE = re.compile(r"[a-z]{5,14}")
+_WORD_RE = re.compile(r"[a-z][a-z]{4,13}")  # = [a-z]{5,14}; led by a class, so the engine skips to letters
 
 
 @lru_cache(maxsize=65536)
@@ -675,20 +695,30 @@ def _fuzzy_alias(token: str) -> str | None:
     return key
 
 
-# Words already known to be no misspelt alias: a set difference (in C) leaves only the new words to look up.
-_NOT_FUZZY: set[str] = set()
-_NOT_FUZZY_MAX = 200_000  # bounded like the lru caches: cleared when full
+# Whitespace-separated tokens already known to hold no misspelt alias: most messages repeat known tokens, and a
+# split plus a set difference (both in C) is several times cheaper than finding the words with a regex.
+_CLEAN_TOKENS: set[str] = set()
+_CLEAN_TOKENS_MAX = 200_000  # bounded like the lru caches: cleared when full
 
 
 def _fuzzy_words(folded: str) -> set[str]:
     """The distinct words of the text that are a misspelt brand or family name."""
-    unknown = set(_WORD_RE.findall(folded)) - _NOT_FUZZY
-    if not unknown:
-        return unknown
-    hits = {w for w in unknown if _fuzzy_alias(w) is not None}
-    if len(_NOT_FUZZY) > _NOT_FUZZY_MAX:
-        _NOT_FUZZY.clear()
-    _NOT_FUZZY.update(unknown - hits)
+    tokens = folded.split()
+    if _CLEAN_TOKENS.issuperset(tokens):
+        return set()
+    new_tokens = set(tokens) - _CLEAN_TOKENS
+    # Words ([a-z] runs) never cross whitespace, so the words of the new tokens are all the words not yet known.
+    hits: set[str] = set()
+    clean: list[str] = []
+    for token in new_tokens:
+        found = {w for w in _WORD_RE.findall(token) if _fuzzy_alias(w) is not None}
+        if found:
+            hits |= found
+        else:
+            clean.append(token)
+    if len(_CLEAN_TOKENS) > _CLEAN_TOKENS_MAX:
+        _CLEAN_TOKENS.clear()
+    _CLEAN_TOKENS.update(clean)
     return hits
 
 
@@ -770,7 +800,8 @@ _MONTH_YEAR_RE = _Scanner(
     r"(?<![\w/.])(?:n)?(?:0?[1-9]|1[0-2])(?:/(?P<y>\d{2}|(?:19|20)\d\d)|[.](?P<y3>(?:19|20)\d\d))(?![\w/.])"
     r"|(?:jan|feb|fev|mar|apr|avr|may|mai|jun|juin|jul|juil|aug|aout|sep|oct|nov|dec)[a-z]*\.? (?P<y2>(?:19|20)\d\d)(?!\d)"
 )
-_MONTH_YEAR_HINT_RE = re.compile(r"/\d\d|[. ](?:19|20)\d\d")
+# Led by one of three literals, so the engine skips straight to them (a leading class [. ] would not be).
+_MONTH_YEAR_HINT_RE = re.compile(r"/\d\d|\.(?:19|20)\d\d| (?:19|20)\d\d")
 _YEAR_RANGE_RE = _Scanner(
     r"(?:19|20)\d\d\s?[-–]\s?(?:19|20)?\d\d|(?:19|20)\d\d\s?(?:\+|ou plus|or newer|and up|and newer|or later|ou plus recent|minimum|min\b)",
     # Every range has a year and then a dash, a plus or one of the words: a plain year is not worth a try.
@@ -905,10 +936,9 @@ def _year(span: str) -> int | None:
         best = (m.start(), int(m.group("y")))
         break
     # Every month-year has "/" and two digits, or a year after a dot or a space: without one, skip the scan.
-    month_year = _MONTH_YEAR_HINT_RE.search(span) is not None
     # The first usable month-year wins only if it comes before the year found above: stop looking past it.
     limit = best[0] if best is not None else None
-    m = _MONTH_YEAR_RE.search(span, 0, limit) if month_year else None
+    m = _MONTH_YEAR_RE.search(span, 0, limit) if _MONTH_YEAR_HINT_RE.search(span) is not None else None
     while m is not None:
         if ranges is None:
             ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
