@@ -1,4 +1,7 @@
-"""GET and POST /webhook: Meta's verification handshake and message intake (kept out of the OpenAPI page)."""
+"""GET and POST /webhook: Meta's verification handshake and message intake (kept out of the OpenAPI page).
+
+GET is a FastAPI route; POST is a bare ASGI handler that the app calls before its router (see app.py).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,11 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse, Response
 
 from src.api.deps import ServicesDep
 from src.services import Services
@@ -31,10 +36,6 @@ class BodyTooLarge(Exception):
     pass
 
 
-def _problem(status: int, reason: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": reason})
-
-
 @router.get("/webhook", include_in_schema=False)
 async def verify_webhook(
     services: ServicesDep,
@@ -53,19 +54,34 @@ async def verify_webhook(
     return PlainTextResponse(challenge or "", status_code=200)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+ASGIMessage = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[ASGIMessage]]
+Send = Callable[[ASGIMessage], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     """Read at most `limit` bytes; refuse larger bodies before reading them whole."""
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 async def _store(services: Services, parsed: ParsedWebhook) -> tuple[list[str], int]:
@@ -78,41 +94,48 @@ async def _store(services: Services, parsed: ParsedWebhook) -> tuple[list[str], 
     return inserted, edited
 
 
-@router.post("/webhook", include_in_schema=False)
-async def receive_webhook(request: Request, services: ServicesDep) -> Response:
-    """Store every message of the POST durably (pending), then answer 200; the worker does the rest."""
+async def handle_webhook_post(
+    services: Services, receive: Receive, headers: Mapping[bytes, bytes]
+) -> tuple[int, dict[str, Any]]:
+    """Store every message of the POST durably (pending), then answer 200; the worker does the rest.
+
+    Returns (status, JSON body). A rejection names what is wrong; nothing already stored is undone.
+    """
     settings = services.settings
     runtime = services.runtime
     runtime.webhook_posts += 1
     runtime.last_webhook_at = time.monotonic()
+    declared = headers.get(b"content-length")
     try:
-        body = await _read_body(request, settings.WEBHOOK_MAX_BODY_BYTES)
+        body = await _read_body(
+            receive, declared.decode("latin-1") if declared else None, settings.WEBHOOK_MAX_BODY_BYTES
+        )
     except BodyTooLarge:
         runtime.rejected_requests += 1
-        return _problem(413, f"body larger than {settings.WEBHOOK_MAX_BODY_BYTES} bytes")
+        return 413, {"error": f"body larger than {settings.WEBHOOK_MAX_BODY_BYTES} bytes"}
 
     secret = settings.WHATSAPP_APP_SECRET
     if secret:
-        header = request.headers.get(SIGNATURE_HEADER)
+        header = headers.get(_SIGNATURE_KEY)
         if not header:
             runtime.rejected_requests += 1
-            return _problem(401, f"missing {SIGNATURE_HEADER} header")
-        if not signature_is_valid(body, header, secret):
+            return 401, {"error": f"missing {SIGNATURE_HEADER} header"}
+        if not signature_is_valid(body, header.decode("latin-1"), secret):
             runtime.rejected_requests += 1
-            return _problem(403, f"{SIGNATURE_HEADER} does not match the body")
+            return 403, {"error": f"{SIGNATURE_HEADER} does not match the body"}
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         runtime.rejected_requests += 1
-        return _problem(400, f"body is not JSON: {exc}")
+        return 400, {"error": f"body is not JSON: {exc}"}
     except RecursionError:
         runtime.rejected_requests += 1
-        return _problem(400, "body is nested too deeply")
+        return 400, {"error": "body is nested too deeply"}
     try:
         parsed = parse_payload(data)
     except WebhookError as exc:
         runtime.rejected_requests += 1
-        return _problem(400, str(exc))
+        return 400, {"error": str(exc)}
 
     try:
         inserted, edited = await asyncio.wait_for(
@@ -124,11 +147,11 @@ async def receive_webhook(request: Request, services: ServicesDep) -> Response:
         log.error(
             "store did not answer within %ss, asking Meta to retry", settings.WEBHOOK_STORE_TIMEOUT_SECONDS
         )
-        return _problem(503, "storage too slow, retry later")
+        return 503, {"error": "storage too slow, retry later"}
     except StoreError as exc:
         runtime.store_unavailable += 1
         log.error("store unavailable, asking Meta to retry: %s", exc)
-        return _problem(503, "storage unavailable, retry later")
+        return 503, {"error": "storage unavailable, retry later"}
 
     runtime.messages_accepted += len(inserted)
     runtime.duplicates_ignored += len(parsed.messages) - len(inserted)
@@ -141,13 +164,40 @@ async def receive_webhook(request: Request, services: ServicesDep) -> Response:
         log.warning("skipped %s in a webhook POST", reason)
     if inserted or edited:
         services.pipeline.wake()
-    return JSONResponse(
+    return 200, {
+        "status": "ok",
+        "stored": len(inserted),
+        "duplicates": len(parsed.messages) - len(inserted),
+        "edits": edited,
+        "statuses": parsed.statuses,
+        "skipped": len(parsed.invalid),
+    }
+
+
+_SIGNATURE_KEY = SIGNATURE_HEADER.lower().encode("latin-1")
+
+
+async def webhook_post_asgi(services: Services | None, scope: ASGIMessage, receive: Receive, send: Send) -> None:
+    """POST /webhook as a bare ASGI handler: Meta's one hot path skips the framework's routing, dependency
+    injection and middleware layers, which cost more CPU per request than storing ten messages durably.
+    """
+    if services is None:
+        status, content = 503, {"error": "the server is starting, retry later"}
+    else:
+        headers = dict(scope["headers"])
+        try:
+            status, content = await handle_webhook_post(services, receive, headers)
+        except ClientDisconnected:
+            return
+        except Exception:  # the same last resort as the framework's: log it, answer 500, keep serving
+            log.exception("webhook POST failed")
+            status, content = 500, {"error": "internal error"}
+    body = json.dumps(content).encode()
+    await send(
         {
-            "status": "ok",
-            "stored": len(inserted),
-            "duplicates": len(parsed.messages) - len(inserted),
-            "edits": edited,
-            "statuses": parsed.statuses,
-            "skipped": len(parsed.invalid),
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode("latin-1"))],
         }
     )
+    await send({"type": "http.response.body", "body": body})

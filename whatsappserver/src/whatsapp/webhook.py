@@ -139,6 +139,8 @@ _MAX_RAW_DEPTH = 32
 
 def clean_text(value: str) -> str:
     """Text every store accepts: no NUL (Postgres refuses it), no lone surrogates (not encodable in UTF-8)."""
+    if value.isascii():  # the common case, and a flag lookup in CPython: only NUL can be wrong here
+        return value.replace("\x00", "") if "\x00" in value else value
     if "\x00" in value:
         value = value.replace("\x00", "")
     try:
@@ -155,7 +157,7 @@ def _clean_json(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, dict):
-        return {clean_text(str(k)): _clean_json(v, depth + 1) for k, v in value.items()}
+        return {clean_text(k if isinstance(k, str) else str(k)): _clean_json(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
         return [_clean_json(v, depth + 1) for v in value]
     return value
