@@ -318,6 +318,38 @@ def test_phone_gates_never_skip_a_phone(text: str) -> None:
     assert wie._mask_phones(text) == wie._PHONE_RE.sub(blank, text)
 
 
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["1", "9", "00", "12", " ", ".", ",", "'", "-", "/", "$", "€", "£", "¥", "us$", "usd", "usdt", "eur",
+             "euro", "euros", "chf", "gbp", "hk$", "hkd", "aed", "sgd", "s$", "jpy", "cad", "aud", "k", "m", "e",
+             "a", "x", "u", "s", ",-", "\n"]
+        ),
+        max_size=30,
+    ).map("".join)
+)  # fmt: skip
+def test_class_led_price_pattern_equals_the_lookbehind_form(text: str) -> None:
+    import re
+
+    from src import watch_info_extractor as wie
+
+    head = rf"(?<![\w.,/$€£])(?:(?P<pre>{wie._CUR_PRE})[ ]?)?(?P<num>{wie._NUM})"
+    plain = re.compile(head + wie._PRICE_RE.pattern[wie._PRICE_RE.pattern.index("(?:[ ]?(?P<mult>") :])
+    expected = [
+        (m.span(), m.group("pre"), m.group("num"), m.group("mult", "kd", "post"))
+        for m in plain.finditer(text)
+    ]
+    got = []
+    for m in wie._PRICE_RE.finditer(text):
+        if m.group("nr") is not None:
+            pre, num = None, text[m.start() : m.end("nr")]
+        else:
+            pre, num = text[m.start() : m.end("pr")], m.group("num")
+        got.append((m.span(), pre, num, m.group("mult", "kd", "post")))
+    assert got == expected
+
+
 def test_one_line_and_separator_lines() -> None:
     # A single line ending in ":" is no list header: its watch stays.
     (w,) = extract_watch_info("Rolex 116610LN dispo :").watches
