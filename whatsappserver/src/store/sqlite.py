@@ -34,6 +34,7 @@ from src.store.base import (
     message_from_row,
     rrf_fuse,
 )
+from src.store.wal_checkpointer import WalCheckpointer
 from src.watch_models import normalize_reference
 
 T = TypeVar("T")
@@ -121,6 +122,7 @@ CREATE TABLE IF NOT EXISTS embedding_models (
 
 # Rows per multi-row INSERT (10 parameters each, well under SQLite's 32,766-variable limit).
 INSERT_ROWS_PER_STATEMENT = 500
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL file is cut back to this when it restarts
 
 # Messages per worker transaction: short enough that a webhook insert never waits long behind one.
 COMPLETE_CHUNK = 16
@@ -299,6 +301,10 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._insert_queue: list[tuple[list[tuple[Any, ...]], asyncio.Future[list[str]]]] = []
         self._insert_flush_scheduled = False
+        in_memory = self.path == Path(":memory:")
+        self._checkpointer = (
+            None if in_memory else WalCheckpointer(self.path, busy_timeout_seconds=busy_timeout_seconds)
+        )
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -332,6 +338,10 @@ class SQLiteStore:
         # from stored messages, so it commits without waiting for the disk (a later durable commit syncs it).
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        if self._checkpointer is not None:
+            # Checkpoints run on their own thread (wal_checkpointer.py), never inside an intake COMMIT.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         conn.executescript(SCHEMA)
         self._conn = conn
 
@@ -341,6 +351,8 @@ class SQLiteStore:
             await loop.run_in_executor(self._executor, self._connect)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database at {self.path}: {exc}") from exc
+        if self._checkpointer is not None:
+            self._checkpointer.start()
 
     async def close(self) -> None:
         def _close(conn: sqlite3.Connection) -> None:
@@ -350,6 +362,8 @@ class SQLiteStore:
             await self._run(_close)
             self._conn = None
         self._executor.shutdown(wait=True)
+        if self._checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
 
     async def ping(self) -> bool:
         try:
