@@ -13,9 +13,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse, Response
 
+from src import fast_json
 from src.api.deps import ServicesDep
 from src.services import Services
 from src.store.base import StoreError
@@ -124,7 +126,7 @@ async def handle_webhook_post(
             runtime.rejected_requests += 1
             return 403, {"error": f"{SIGNATURE_HEADER} does not match the body"}
     try:
-        data = json.loads(body)
+        data = fast_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         runtime.rejected_requests += 1
         return 400, {"error": f"body is not JSON: {exc}"}
@@ -192,7 +194,7 @@ async def webhook_post_asgi(services: Services | None, scope: ASGIMessage, recei
         except Exception:  # the same last resort as the framework's: log it, answer 500, keep serving
             log.exception("webhook POST failed")
             status, content = 500, {"error": "internal error"}
-    body = json.dumps(content).encode()
+    body = orjson.dumps(content)
     await send(
         {
             "type": "http.response.start",

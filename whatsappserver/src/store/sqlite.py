@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from src import fast_json
 from src.store.base import (
     EmbeddingDimensionMismatch,
     InboundMessage,
@@ -411,7 +411,7 @@ class SQLiteStore:
                 now,
                 m.wa_type,
                 m.text,
-                json.dumps(m.raw, ensure_ascii=False),
+                fast_json.dumps(m.raw),
             )
             for m in messages
         ]
@@ -484,7 +484,7 @@ class SQLiteStore:
                 "UPDATE whatsapp_messages SET text = ?, raw = ?, status = 'pending', attempts = 0, "
                 "last_error = NULL, next_attempt_at = NULL, claimed_until = NULL, processed_at = NULL "
                 "WHERE id = ?",
-                (new_text, json.dumps(raw, ensure_ascii=False), message_id),
+                (new_text, fast_json.dumps(raw), message_id),
             )
             return cursor.rowcount == 1
 
