@@ -58,7 +58,10 @@ CREATE TABLE IF NOT EXISTS whatsapp_messages (
     next_attempt_at TEXT,
     claimed_until   TEXT
 );
-CREATE INDEX IF NOT EXISTS whatsapp_messages_queue ON whatsapp_messages (status, next_attempt_at);
+-- The claim walks pending messages oldest first and stops at its batch size: with the order in the index
+-- a claim costs the same whether 10 or 500,000 messages wait (a sort of every pending row held up intake).
+DROP INDEX IF EXISTS whatsapp_messages_queue;
+CREATE INDEX IF NOT EXISTS whatsapp_messages_queue_order ON whatsapp_messages (status, received_at, id);
 -- Processed messages only: a sender index on every message would cost intake a random b-tree write per
 -- message (half its write cost under load); the few pending or failed ones are found through the queue index.
 DROP INDEX IF EXISTS whatsapp_messages_sender;
