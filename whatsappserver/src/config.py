@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     WORKER_NICE: int = 5
     WORKER_CONCURRENCY: int = 2  # batches in flight: embedding one while the next is claimed and extracted
     WORKER_BATCH_LINGER_SECONDS: float = 0.2  # wait this long for a short batch to fill: fewer, fuller calls
+    # While webhooks arrive, the worker holds its next batch back up to this long, then takes smaller batches.
+    WORKER_YIELD_MAX_SECONDS: float = 2.0
+    WORKER_YIELD_AFTER_WEBHOOK_SECONDS: float = 0.05
+    WORKER_BUSY_BATCH_SIZE: int = 32
 
     # Search API
     SEARCH_API_KEY: str = ""

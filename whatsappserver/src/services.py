@@ -46,6 +46,9 @@ def worker_settings(settings: Settings) -> WorkerSettings:
         retry_max_seconds=settings.WORKER_RETRY_MAX_SECONDS,
         concurrency=settings.WORKER_CONCURRENCY,
         linger_seconds=settings.WORKER_BATCH_LINGER_SECONDS,
+        yield_max_seconds=settings.WORKER_YIELD_MAX_SECONDS,
+        yield_after_webhook_seconds=settings.WORKER_YIELD_AFTER_WEBHOOK_SECONDS,
+        busy_batch_size=settings.WORKER_BUSY_BATCH_SIZE,
     )
 
 
