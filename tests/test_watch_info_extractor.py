@@ -360,3 +360,48 @@ def test_one_line_and_separator_lines() -> None:
     )
     assert [w.reference for w in info.watches] == ["116610LN", "126710BLRO"]
     assert [w.price for w in info.watches] == [12500, 21000]
+
+
+# Reference candidates and aliases are tried only where a token says they may start: the same matches as finditer.
+_TOKEN_PIECES = st.sampled_from(
+    ["rolex", "royal", "oak", "royal oak", "a. lange", "lange & sohne", "gmt-master ii", "code 11.59", "sub", "rm",
+     "rm011", "pam", "ref", "ref.", "ref:", "reference", "116610ln", "5711/1a-010", "15202st.oo.1240st.01", "ab12",
+     "abcdef1", "x-1234", "-1234", "1234", "a", "é", "_", "1", "9", "ln", " ", "  ", "\n", "\t", "-", "/", ".", ",",
+     "(", ")", ":", "#", "&", "'", "\u00a0", "\u2028", "\u3000"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.lists(_TOKEN_PIECES, max_size=50).map("".join), st.text(max_size=200)))
+def test_token_starts_find_what_finditer_finds(text: str) -> None:
+    from src import watch_info_extractor as wie
+
+    text = text.lower()
+    tokens, ref_starts, alias_starts = wie._token_starts(text)
+    assert tokens == text.split()
+    for rx, starts in ((wie._REF_CANDIDATE_RE, ref_starts), (wie._ALIAS_RE, alias_starts)):
+        got, resume = [], 0
+        for p in starts:
+            if p >= resume and (m := rx.match(text, p)) is not None:
+                got.append((m.span(), m.groups()))
+                resume = m.end()
+        assert got == [(m.span(), m.groups()) for m in rx.finditer(text)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["1", "2", "9", "0", "3", "19", "20", "1998", "2021", " ", "-", "+", "/", ".", "$", "€", "%",
+                         "a", "_", "\n"]),
+        max_size=30,
+    ).map("".join)
+)  # fmt: skip
+def test_class_led_year_pattern_equals_the_lookbehind_form(text: str) -> None:
+    import re
+
+    from src import watch_info_extractor as wie
+
+    plain = re.compile(r"(?<![\w./\-$€£])(?P<y>19[3-9]\d|20[0-3]\d)" + wie._YEAR_TAIL)
+    assert [(m.span(), m.group("y")) for m in wie._YEAR_RE.finditer(text)] == [
+        (m.span(), m.group("y")) for m in plain.finditer(text)
+    ]

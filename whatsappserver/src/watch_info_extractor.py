@@ -595,12 +595,15 @@ def _classify_reference(raw: str, explicit: bool) -> tuple[str, str | None, str 
     return t, brand, family, False, exact
 
 
-def _find_refs(masked: str) -> list[_Ref]:
-    """Reference candidates in the phone- and price-masked folded text."""
+def _find_refs(masked: str, starts: list[int]) -> list[_Ref]:
+    """Reference candidates in the phone- and price-masked folded text; `starts` from _token_starts."""
     out: list[_Ref] = []
-    if not _DIGIT_RE.search(masked):  # every reference has a digit
-        return out
-    for m in _REF_CANDIDATE_RE.finditer(masked):
+    match = _REF_CANDIDATE_RE.match
+    after = 0  # finditer resumes after the last match: a start inside it is no start
+    for p in starts:
+        if p < after or (m := match(masked, p)) is None:
+            continue
+        after = m.end()
         pfx, tok = m.group("pfx", "tok")
         explicit = bool(pfx and pfx.startswith("r") and pfx != "rm")
         raw = tok
@@ -701,9 +704,8 @@ _CLEAN_TOKENS: set[str] = set()
 _CLEAN_TOKENS_MAX = 200_000  # bounded like the lru caches: cleared when full
 
 
-def _fuzzy_words(folded: str) -> set[str]:
-    """The distinct words of the text that are a misspelt brand or family name."""
-    tokens = folded.split()
+def _fuzzy_words(tokens: list[str]) -> set[str]:
+    """The distinct words of the text (given as its whitespace tokens) that are a misspelt brand or family name."""
     if _CLEAN_TOKENS.issuperset(tokens):
         return set()
     new_tokens = set(tokens) - _CLEAN_TOKENS
@@ -722,6 +724,78 @@ def _fuzzy_words(folded: str) -> set[str]:
     return hits
 
 
+# ---------------------------------------------------------------- where references and aliases may start
+# Both the reference and the alias patterns start with a lookbehind, so the engine would try them at every
+# position of the text. A match of either can only start at a few places inside a whitespace token, and which
+# places depends on the token alone: those offsets are worked out once per distinct token (dealers repeat their
+# words) and the pattern is tried only there, in text order, resuming after each match as finditer does; the
+# matches are exactly finditer's.
+_REF_HEAD_RE = re.compile(r"rm|pam|ref|réf|[a-z]{0,5}\d")  # how every reference candidate match begins
+_REF_BAD_BEFORE_RE = re.compile(r"[\w/.]")  # the candidate pattern's lookbehinds, applied inside a token
+_WORD_CHAR_RE = re.compile(r"\w")
+_RUN_RE = re.compile(r"[a-z0-9]+")
+# An alias match starts where a run of [a-z0-9] starts, and that run is the first run of its key (the key's
+# next character, if any, is not [a-z0-9] and stands for itself or for whitespace).
+_ALIAS_FIRST_RUNS = frozenset(m.group() for k in _ALIASES if (m := _RUN_RE.match(k)) is not None)
+# Per distinct token (dealers repeat their words: after a while nearly every token is known), the offsets where
+# a reference candidate or an alias may start; only tokens with some have an entry, so a message's few
+# interesting tokens are picked out in C (filter over the split), and only they are located in the text.
+_KNOWN_TOKENS: set[str] = set()
+_MENTION_STARTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+_KNOWN_TOKENS_MAX = 200_000  # bounded like the lru caches: cleared when full
+
+
+def _learn_tokens(tokens: list[str]) -> None:
+    """Work out the start offsets of the tokens not seen before."""
+    new = set(tokens).difference(_KNOWN_TOKENS)
+    if len(_KNOWN_TOKENS) + len(new) > _KNOWN_TOKENS_MAX:
+        _KNOWN_TOKENS.clear()
+        _MENTION_STARTS.clear()
+    for tok in new:
+        refs = tuple(
+            i
+            for i, ch in enumerate(tok)
+            if ("a" <= ch <= "z" or "0" <= ch <= "9")
+            and not (
+                i
+                and (
+                    _REF_BAD_BEFORE_RE.match(tok[i - 1])
+                    or (tok[i - 1] == "-" and i >= 2 and _WORD_CHAR_RE.match(tok[i - 2]))
+                )
+            )
+            and _REF_HEAD_RE.match(tok, i)
+        )
+        aliases = tuple(m.start() for m in _RUN_RE.finditer(tok) if m.group() in _ALIAS_FIRST_RUNS)
+        if refs or aliases:
+            _MENTION_STARTS[tok] = (refs, aliases)
+    _KNOWN_TOKENS.update(new)
+
+
+def _token_starts(text: str) -> tuple[list[str], list[int], list[int]]:
+    """The whitespace tokens of the text and where reference candidates and aliases may start, in order."""
+    tokens = text.split()
+    if not _KNOWN_TOKENS.issuperset(tokens):
+        _learn_tokens(tokens)
+    ref_starts: list[int] = []
+    alias_starts: list[int] = []
+    table = _MENTION_STARTS
+    find, n, pos = text.find, len(text), 0
+    for tok in filter(table.__contains__, tokens):
+        # Locate the token: its first occurrence from `pos` standing alone between whitespace. The tokens
+        # filtered out have other texts, so an occurrence standing alone is one of this token's own.
+        size = len(tok)
+        s = find(tok, pos)
+        while (s and not text[s - 1].isspace()) or (s + size < n and not text[s + size].isspace()):
+            s = find(tok, s + 1)
+        pos = s + size
+        refs, aliases = table[tok]
+        for o in refs:
+            ref_starts.append(s + o)
+        for o in aliases:
+            alias_starts.append(s + o)
+    return tokens, ref_starts, alias_starts
+
+
 @dataclass(slots=True)
 class _Mention:
     start: int
@@ -732,13 +806,21 @@ class _Mention:
     ref: _Ref | None = None
 
 
-def _find_alias_mentions(folded: str, original: str, taken: list[tuple[int, int]]) -> list[_Mention]:
+def _find_alias_mentions(
+    folded: str, original: str, taken: list[tuple[int, int]], starts: list[int], tokens: list[str]
+) -> list[_Mention]:
+    """Brand and family names (exact aliases, then misspellings); `starts` and `tokens` from _token_starts."""
     out: list[_Mention] = []
     covered = bytearray(len(folded) + 1)
     for ts, te in taken:
         covered[ts:te] = b"\x01" * (te - ts)
-    for m in _ALIAS_RE.finditer(folded):
+    match = _ALIAS_RE.match
+    after = 0  # as in _find_refs: resume after the last match, as finditer does
+    for p in starts:
+        if p < after or (m := match(folded, p)) is None:
+            continue
         s, e = m.span()
+        after = e
         if covered[s] or covered[e - 1]:
             continue
         key = m.group()
@@ -752,7 +834,7 @@ def _find_alias_mentions(folded: str, original: str, taken: list[tuple[int, int]
         out.append(_Mention(s, e, alias.brand, alias.family, alias.weak))
         covered[s:e] = b"\x01" * (e - s)
     # Most words are no misspelt alias: look each distinct word up once and walk positions only for hits.
-    fuzzy = _fuzzy_words(folded)
+    fuzzy = _fuzzy_words(tokens)
     for m in _WORD_RE.finditer(folded) if fuzzy else ():
         if m.group() not in fuzzy:
             continue
@@ -795,7 +877,10 @@ _BOX_PAPERS_RE = _Scanner(
 _FULL_SET_EXCEPT_RE = re.compile(r"full (?:factory|diamond) set|factory setting")
 _OK_AFTER_RE = re.compile(r"\s*(?:ok|okay|accepted|acceptee?|possible|bienvenue?)\b")
 
-_YEAR_RE = _Scanner(r"(?<![\w./\-$€£])(?P<y>19[3-9]\d|20[0-3]\d)(?![\w%]|[ ]?[+]|[ ]?-[ ]?(?:19|20)\d\d|/\d)")
+# In effect (?<![\w./\-$€£])(?P<y>19[3-9]\d|20[0-3]\d)(?!...), led by the class of its first digit with the lookbehind
+# tested right after it: the engine skips straight to each "1" or "2" and no Python loop walks the hints.
+_YEAR_TAIL = r"(?![\w%]|[ ]?[+]|[ ]?-[ ]?(?:19|20)\d\d|/\d)"
+_YEAR_RE = re.compile(r"(?P<y>[12](?<![\w./\-$€£].)(?:(?<=1)9[3-9]|(?<=2)0[0-3])\d)" + _YEAR_TAIL)
 _MONTH_YEAR_RE = _Scanner(
     r"(?<![\w/.])(?:n)?(?:0?[1-9]|1[0-2])(?:/(?P<y>\d{2}|(?:19|20)\d\d)|[.](?P<y3>(?:19|20)\d\d))(?![\w/.])"
     r"|(?:jan|feb|fev|mar|apr|avr|may|mai|jun|juin|jul|juil|aug|aout|sep|oct|nov|dec)[a-z]*\.? (?P<y2>(?:19|20)\d\d)(?!\d)"
@@ -1209,9 +1294,10 @@ def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Menti
     folded = _mask_phones(_fold(original))
     prices = _find_prices(folded)
     masked = _mask_spans(folded, [(p.start, p.end) for p in prices])
-    refs = _find_refs(masked)
+    tokens, ref_starts, alias_starts = _token_starts(masked)
+    refs = _find_refs(masked, ref_starts)
     taken = [(r.start, r.end) for r in refs]
-    aliases = _find_alias_mentions(masked, original, taken)
+    aliases = _find_alias_mentions(masked, original, taken, alias_starts, tokens)
     context_brands = {m.brand for m in aliases if m.brand}
     mentions = list(aliases)
     for r in refs:
