@@ -72,11 +72,12 @@ class Settings(BaseSettings):
     # and how much lower their priority is than intake's.
     WORKER_PROCESSES: int = 1
     WORKER_NICE: int = 5
-    WORKER_CONCURRENCY: int = 2  # batches in flight: embedding one while the next is claimed and extracted
+    WORKER_CONCURRENCY: int = 4  # batches in flight: one extracted, others embedded or written meanwhile
     WORKER_BATCH_LINGER_SECONDS: float = 0.2  # wait this long for a short batch to fill: fewer, fuller calls
-    # While webhooks arrive, the worker holds its next batch back up to this long, then takes smaller batches.
+    # Acks come first: while webhooks arrive, at most WORKER_BUSY_CONCURRENCY batches are in flight; while
+    # the event loop lags, the next batch waits up to WORKER_YIELD_MAX_SECONDS, then a small one is taken.
+    WORKER_BUSY_CONCURRENCY: int = 1
     WORKER_YIELD_MAX_SECONDS: float = 2.0
-    WORKER_YIELD_AFTER_WEBHOOK_SECONDS: float = 0.05
     WORKER_BUSY_BATCH_SIZE: int = 32
 
     # Search API

@@ -38,19 +38,21 @@ class WorkerSettings:
     max_attempts: int = 8
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
-    concurrency: int = 2
+    concurrency: int = 4
     linger_seconds: float = 0.2
     # Longest pause of the whole worker after failed batches (a message's own backoff can be longer).
     pause_max_seconds: float = 30.0
     # stop() waits this long for batches in flight, then cancels them (their leases expire; nothing is lost).
     stop_timeout_seconds: float = 10.0
-    # Yield to intake while the event loop runs this late; but never hold a batch back longer than the cap.
+    # Hold the next batch back while the event loop runs this late (webhook requests wait for the CPU);
+    # never longer than the cap, after which a small batch is taken: progress without long pauses in acks.
     yield_lag_seconds: float = 0.004
     yield_max_seconds: float = 2.0
-    # ... and while webhooks are arriving (one within this many seconds).
-    yield_after_webhook_seconds: float = 0.05
-    # Batch size taken while intake stays busy past yield_max_seconds: progress without long pauses in acks.
     busy_batch_size: int = 32
+    # While webhooks are arriving (one within the window), at most this many batches are in flight: the
+    # worker keeps pace with intake without taking the CPU acks need.
+    busy_window_seconds: float = 0.05
+    busy_concurrency: int = 1
 
 
 def listings_for(message: StoredMessage, info: WatchInfo) -> list[ListingRecord]:
@@ -195,9 +197,10 @@ class Pipeline:
                         break
                 if not await self._acquire_unless_stopped(slots):
                     break
-                intake_busy = await self._yield_to_intake()
+                await self._wait_while_intake_busy()
+                lagging = await self._yield_to_intake()
                 try:
-                    size = self.settings.busy_batch_size if intake_busy else self.settings.batch_size
+                    size = self.settings.busy_batch_size if lagging else self.settings.batch_size
                     messages = await self._claim_batch(size) if not self._stopping else []
                 except Exception:  # the store is down or a bug: keep the worker alive, retry soon
                     self.runtime.errors += 1
@@ -234,22 +237,31 @@ class Pipeline:
             await asyncio.gather(*not_done, return_exceptions=True)
 
     async def _yield_to_intake(self) -> bool:
-        """While webhooks arrive or wait for the CPU, hold the next batch back (bounded, so work still moves).
+        """While webhook requests wait for the CPU, hold the next step back (bounded, so work still moves).
 
-        Returns True when intake is still busy after the wait: the caller then takes a small batch.
+        Returns True when the loop still lags after the wait: the caller then takes a small batch.
         """
         waited = 0.0
         while (
-            (
-                self.lag_monitor.lag > self.settings.yield_lag_seconds
-                or time.monotonic() - self.runtime.last_webhook_at < self.settings.yield_after_webhook_seconds
-            )
+            self.lag_monitor.lag > self.settings.yield_lag_seconds
             and waited < self.settings.yield_max_seconds
             and not self._stopping
         ):
             await asyncio.sleep(0.02)
             waited += 0.02
         return waited >= self.settings.yield_max_seconds
+
+    def _intake_busy(self) -> bool:
+        return time.monotonic() - self.runtime.last_webhook_at < self.settings.busy_window_seconds
+
+    async def _wait_while_intake_busy(self) -> None:
+        """While webhooks arrive, start a batch only when fewer than busy_concurrency are in flight."""
+        while (
+            self._intake_busy()
+            and len(self._in_flight) >= max(1, self.settings.busy_concurrency)
+            and not self._stopping
+        ):
+            await asyncio.sleep(0.01)
 
     async def _idle(self) -> None:
         """Wait for a wake-up or the next poll."""

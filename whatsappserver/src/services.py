@@ -47,7 +47,7 @@ def worker_settings(settings: Settings) -> WorkerSettings:
         concurrency=settings.WORKER_CONCURRENCY,
         linger_seconds=settings.WORKER_BATCH_LINGER_SECONDS,
         yield_max_seconds=settings.WORKER_YIELD_MAX_SECONDS,
-        yield_after_webhook_seconds=settings.WORKER_YIELD_AFTER_WEBHOOK_SECONDS,
+        busy_concurrency=settings.WORKER_BUSY_CONCURRENCY,
         busy_batch_size=settings.WORKER_BUSY_BATCH_SIZE,
     )
 
