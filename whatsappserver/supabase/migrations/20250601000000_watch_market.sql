@@ -77,6 +77,16 @@ create table if not exists public.watch_listings (
     unique (message_id, position)
 );
 
+-- The embedding's sign bits (pgvector binary quantization, 192 bytes), kept in the listing row.
+-- A filtered search scores the rows its filters keep by Hamming distance on these bits and re-ranks
+-- only the best few hundred by the full vector: the 6 KB vectors are TOASTed outside the row, and
+-- reading one costs a TOAST index lookup and several pages, so scoring 5,000 of them exactly took
+-- ~40 ms where this takes ~10 (bench/search_latency.py). Generated, so every writer (the stores'
+-- INSERTs, complete_watch_messages, reembed's UPDATE) keeps it in step with `embedding` for free.
+-- The length follows the embedding column's dimension: change both together.
+alter table public.watch_listings add column if not exists embedding_bits bit(1536)
+    generated always as (binary_quantize(embedding)::bit(1536)) stored;
+
 -- Cosine HNSW: `embedding <=> query` in ORDER BY uses it. m = 32 (twice the default) keeps the graph
 -- connected enough for filtered walks: with a filter keeping 5% of 100k listings, recall@10 is ~0.97
 -- against ~0.95 at the default m = 16 (bench/search_latency.py builds the index the same way).
@@ -211,9 +221,6 @@ set hnsw.iterative_scan = relaxed_order
 set hnsw.max_scan_tuples = 20000
 as $$
 declare
-    -- A filter keeping fewer rows than this is answered exactly (scoring them all is cheaper than
-    -- walking the graph); at or above it, the HNSW graph is walked with the filter applied as it goes.
-    exact_below constant integer := 2000;
     where_sql text := public.watch_listing_filter_sql(
         filter_message_type, filter_brand, filter_model, filter_reference, min_price_eur, max_price_eur,
         filter_condition, since, min_year, max_year, filter_box, filter_papers, filter_sender_id);
@@ -222,6 +229,18 @@ declare
         || case when since is not null or filter_sender_id is not null
                 then 'join public.whatsapp_messages m on m.id = l.message_id ' else '' end
         || 'where l.embedding is not null and l.embedding_model = $16 and ';
+    -- How many of the filtered rows' full vectors are read to re-rank the Hamming order (all of
+    -- them when fewer match, which makes the answer exact); set once the rows are counted.
+    rerank_depth integer;
+    -- A filter keeping fewer rows than this is scored over its rows (`flat` below); at or above it,
+    -- the HNSW graph is walked with the filter applied as it goes. The walk reads about
+    -- match_count / (share of rows kept) index tuples, each a page of a graph that rarely fits in
+    -- shared_buffers (6 KB per vector), so it suits wide filters; the flat scan costs ~1 us per kept
+    -- row plus the re-rank. Measured on the bench's 100k listings (the bare queries): 5% kept, flat
+    -- p95 ~10 ms against ~23 ms for the walk; 10%, about even; 20%, the walk wins. Hence 10% of the
+    -- table, within [2,000, 8,000] (above 8,000 rows the flat scan alone nears the walk's cost on
+    -- any table size).
+    flat_below integer;
     matching integer;
     sort_setting text;
     ef_setting text;
@@ -232,16 +251,18 @@ begin
         return;
     end if;
     if where_sql <> 'true' then
-        -- How many rows the filters keep, counted through the btree indexes up to `exact_below`
+        select least(8000, greatest(2000, (c.reltuples / 10)::integer)) into flat_below
+        from pg_class c where c.oid = 'public.watch_listings'::regclass;
+        -- How many rows the filters keep, counted through the btree indexes up to `flat_below`
         -- (no vector is read).
         execute format('select count(*)::integer from (select 1 %s %s limit %s) as s',
-                       from_sql, where_sql, exact_below)
+                       from_sql, where_sql, flat_below)
             into matching
             using query_embedding, match_count, filter_message_type, filter_brand, filter_model,
                   filter_reference, min_price_eur, max_price_eur, filter_condition, since, min_year,
                   max_year, filter_box, filter_papers, filter_sender_id, filter_embedding_model;
     end if;
-    if matching is null or matching >= exact_below then
+    if matching is null or matching >= flat_below then
         -- The HNSW scan, ordered by the distance operator itself; the iterative scan keeps walking the
         -- graph while the filters drop rows, up to hnsw.max_scan_tuples. With a filter the planner
         -- would rather fetch every matching row through a btree index and sort them all by distance
@@ -268,13 +289,24 @@ begin
         perform set_config('hnsw.ef_search', ef_setting, true);
     end if;
     if coalesce(cardinality(ids), 0) < match_count then
-        -- Few matching rows, or the bounded scan came back short: answer the same filters exactly
-        -- (`+ 0` keeps the planner off the HNSW index and on the btree indexes).
+        -- At least 400 (and 4 x match_count); below `flat_below` rows, deeper by what the smaller
+        -- scan saves. Scoring a row by its bits costs ~1 us, re-ranking one ~12 us (a TOAST index
+        -- lookup and ~10 pages), so the flat path stays near one budget: 5,000 rows kept re-rank 400,
+        -- 2,000 re-rank 750. Hamming order is coarse when the best matches are far from the query
+        -- (a filter keeping 2% of the bench's listings: recall@10 0.94 at 400, 0.99 at 800).
+        rerank_depth := greatest(400, 4 * match_count,
+                                 (coalesce(flat_below, 0) - coalesce(matching, flat_below, 0)) / 8);
+        -- Flat: few matching rows, or the bounded walk came back short. Every row the filters keep
+        -- (found through the btree indexes) is scored by Hamming distance on its in-row sign bits;
+        -- the best `rerank_depth` are re-ranked by cosine on their full vectors. The inner sort
+        -- carries each vector's TOAST pointer, so only those few are ever read.
         execute format(
             'select array_agg(id order by d, id), array_agg(d order by d, id)
-             from (select l.id, l.embedding <=> $1 as d %s %s order by (l.embedding <=> $1) + 0, l.id
-                   limit $2) as s',
-            from_sql, where_sql)
+             from (select c.id, c.embedding <=> $1 as d
+                   from (select l.id, l.embedding %s %s
+                         order by l.embedding_bits <~> binary_quantize($1), l.id limit %s) as c
+                   order by 2, 1 limit $2) as s',
+            from_sql, where_sql, rerank_depth)
             into ids, distances
             using query_embedding, match_count, filter_message_type, filter_brand, filter_model,
                   filter_reference, min_price_eur, max_price_eur, filter_condition, since, min_year,
@@ -320,13 +352,15 @@ $$;
 -- ------------------------------------------------------------------------------------------------
 
 -- Nearest listings of one embedding model by cosine similarity, within the filters.
--- A filter keeping fewer than 2,000 rows (counted through the btree indexes first) is answered exactly.
--- Otherwise the candidate query orders by the distance operator itself, so the HNSW index serves it
--- (sorting is off for that query so the planner cannot trade the graph for a btree and a sort); pgvector
--- 0.8 iterative scans keep walking the graph while filters drop rows, bounded by hnsw.max_scan_tuples.
--- When that bound is hit before `match_count` rows are found, the same filters are answered exactly
--- (`(embedding <=> q) + 0` keeps the planner on the btree indexes), so a filtered query returns
--- `match_count` rows whenever that many match.
+-- A filter keeping few rows (under 10% of the table, within [2,000, 8,000]; counted through the btree
+-- indexes first) is answered by scoring those rows: Hamming distance on the in-row sign bits
+-- (embedding_bits), then cosine on the full vectors of the best max(400, 4 x match_count), which is
+-- exact whenever no more rows than that match. Otherwise the candidate query orders by the distance
+-- operator itself, so the HNSW index serves it (sorting is off for that query so the planner cannot
+-- trade the graph for a btree and a sort); pgvector 0.8 iterative scans keep walking the graph while
+-- filters drop rows, bounded by hnsw.max_scan_tuples. When that bound is hit before `match_count` rows
+-- are found, the same filters are scored as above, so a filtered query returns `match_count` rows
+-- whenever that many match.
 create or replace function public.match_watch_listings(
     query_embedding vector(1536),
     match_count integer default 10,
