@@ -229,10 +229,7 @@ declare
         || case when since is not null or filter_sender_id is not null
                 then 'join public.whatsapp_messages m on m.id = l.message_id ' else '' end
         || 'where l.embedding is not null and l.embedding_model = $16 and ';
-    -- How many of the filtered rows' full vectors are read to re-rank the Hamming order (all of
-    -- them when fewer match, which makes the answer exact); set once the rows are counted.
-    rerank_depth integer;
-    -- A filter keeping fewer rows than this is scored over its rows (`flat` below); at or above it,
+    -- A filter keeping fewer rows than this is scored over its rows (flat, below); at or above it,
     -- the HNSW graph is walked with the filter applied as it goes. The walk reads about
     -- match_count / (share of rows kept) index tuples, each a page of a graph that rarely fits in
     -- shared_buffers (6 KB per vector), so it suits wide filters; the flat scan costs ~1 us per kept
@@ -253,60 +250,75 @@ begin
     if where_sql <> 'true' then
         select least(8000, greatest(2000, (c.reltuples / 10)::integer)) into flat_below
         from pg_class c where c.oid = 'public.watch_listings'::regclass;
-        -- How many rows the filters keep, counted through the btree indexes up to `flat_below`
-        -- (no vector is read).
-        execute format('select count(*)::integer from (select 1 %s %s limit %s) as s',
-                       from_sql, where_sql, flat_below)
-            into matching
-            using query_embedding, match_count, filter_message_type, filter_brand, filter_model,
-                  filter_reference, min_price_eur, max_price_eur, filter_condition, since, min_year,
-                  max_year, filter_box, filter_papers, filter_sender_id, filter_embedding_model;
-    end if;
-    if matching is null or matching >= flat_below then
-        -- The HNSW scan, ordered by the distance operator itself; the iterative scan keeps walking the
-        -- graph while the filters drop rows, up to hnsw.max_scan_tuples. With a filter the planner
-        -- would rather fetch every matching row through a btree index and sort them all by distance
-        -- (reading thousands of TOASTed vectors: 65 ms at 5,000 rows); sorting is switched off for
-        -- this one query so it keeps the graph walk, then restored.
-        -- Filtered, the walk starts from a narrower beam (hnsw.ef_search 40, not 100) and lets the
-        -- iterative scan widen it: about the same recall with a filter (m = 32), fewer graph reads.
-        -- Relaxed order may hand back neighbours slightly out of order: the aggregate sorts exactly.
-        sort_setting := current_setting('enable_sort');
-        ef_setting := current_setting('hnsw.ef_search');
-        perform set_config('enable_sort', 'off', true);
-        if where_sql <> 'true' then
-            perform set_config('hnsw.ef_search', '40', true);
-        end if;
+        -- Flat: the rows the filters keep (found through the btree indexes), up to `flat_below` of
+        -- them, are scored by Hamming distance on their in-row sign bits, and the best are re-ranked
+        -- by cosine on their full vectors. The CTE carries each vector's TOAST pointer, so only the
+        -- re-ranked ones are ever read. The same pass counts the rows: when the limit is reached,
+        -- the filter is too wide for this and its answer is dropped for the graph walk.
+        -- Re-rank depth: at least 400 (and 4 x match_count); with fewer rows kept, deeper by what the
+        -- smaller scan saves. Scoring a row by its bits costs ~1 us, re-ranking one ~12 us (a TOAST
+        -- index lookup and ~10 pages), so 5,000 rows kept re-rank 400 and 2,000 re-rank 750. Hamming
+        -- order is coarse when the best matches are far from the query (a filter keeping 2% of the
+        -- bench's listings: recall@10 0.94 at 400, 0.99 at 800). All rows are re-ranked when fewer
+        -- match than the depth: the answer is then exact.
         execute format(
-            'select array_agg(id order by d, id), array_agg(d order by d, id)
-             from (select l.id, l.embedding <=> $1 as d %s %s order by l.embedding <=> $1 limit $2) as s',
-            from_sql, where_sql)
-            into ids, distances
+            'with f as materialized (
+                 select l.id, l.embedding, l.embedding_bits <~> binary_quantize($1) as h %s %s limit %s),
+             n as (select count(*)::integer as n from f)
+             select (select n.n from n), array_agg(id order by d, id), array_agg(d order by d, id)
+             from (select c.id, c.embedding <=> $1 as d
+                   from (select f.id, f.embedding from f order by f.h, f.id
+                         limit greatest(400, 4 * $2, (%s - (select n.n from n)) / 8)) as c
+                   order by 2, 1 limit $2) as s',
+            from_sql, where_sql, flat_below, flat_below)
+            into matching, ids, distances
             using query_embedding, match_count, filter_message_type, filter_brand, filter_model,
                   filter_reference, min_price_eur, max_price_eur, filter_condition, since, min_year,
                   max_year, filter_box, filter_papers, filter_sender_id, filter_embedding_model;
-        perform set_config('enable_sort', sort_setting, true);
-        perform set_config('hnsw.ef_search', ef_setting, true);
+        if matching < flat_below then
+            return query select u.id, 1 - u.d from unnest(ids, distances) with ordinality as u(id, d, ord)
+                order by u.ord;
+            return;
+        end if;
+        ids := null;
+        distances := null;
     end if;
+    -- The HNSW scan, ordered by the distance operator itself; the iterative scan keeps walking the
+    -- graph while the filters drop rows, up to hnsw.max_scan_tuples. With a filter the planner
+    -- would rather fetch every matching row through a btree index and sort them all by distance
+    -- (reading thousands of TOASTed vectors: 65 ms at 5,000 rows); sorting is switched off for
+    -- this one query so it keeps the graph walk, then restored.
+    -- Filtered, the walk starts from a narrower beam (hnsw.ef_search 40, not 100) and lets the
+    -- iterative scan widen it: about the same recall with a filter (m = 32), fewer graph reads.
+    -- Relaxed order may hand back neighbours slightly out of order: the aggregate sorts exactly.
+    sort_setting := current_setting('enable_sort');
+    ef_setting := current_setting('hnsw.ef_search');
+    perform set_config('enable_sort', 'off', true);
+    if where_sql <> 'true' then
+        perform set_config('hnsw.ef_search', '40', true);
+    end if;
+    execute format(
+        'select array_agg(id order by d, id), array_agg(d order by d, id)
+         from (select l.id, l.embedding <=> $1 as d %s %s order by l.embedding <=> $1 limit $2) as s',
+        from_sql, where_sql)
+        into ids, distances
+        using query_embedding, match_count, filter_message_type, filter_brand, filter_model,
+              filter_reference, min_price_eur, max_price_eur, filter_condition, since, min_year,
+              max_year, filter_box, filter_papers, filter_sender_id, filter_embedding_model;
+    perform set_config('enable_sort', sort_setting, true);
+    perform set_config('hnsw.ef_search', ef_setting, true);
     if coalesce(cardinality(ids), 0) < match_count then
-        -- At least 400 (and 4 x match_count); below `flat_below` rows, deeper by what the smaller
-        -- scan saves. Scoring a row by its bits costs ~1 us, re-ranking one ~12 us (a TOAST index
-        -- lookup and ~10 pages), so the flat path stays near one budget: 5,000 rows kept re-rank 400,
-        -- 2,000 re-rank 750. Hamming order is coarse when the best matches are far from the query
-        -- (a filter keeping 2% of the bench's listings: recall@10 0.94 at 400, 0.99 at 800).
-        rerank_depth := greatest(400, 4 * match_count,
-                                 (coalesce(flat_below, 0) - coalesce(matching, flat_below, 0)) / 8);
-        -- Flat: few matching rows, or the bounded walk came back short. Every row the filters keep
-        -- (found through the btree indexes) is scored by Hamming distance on its in-row sign bits;
-        -- the best `rerank_depth` are re-ranked by cosine on their full vectors. The inner sort
-        -- carries each vector's TOAST pointer, so only those few are ever read.
+        -- The bounded walk came back short (or the table holds fewer rows than asked for): score every
+        -- row the filters keep by its bits, as above but without the row limit, re-ranking the best
+        -- max(400, 4 x match_count).
         execute format(
             'select array_agg(id order by d, id), array_agg(d order by d, id)
              from (select c.id, c.embedding <=> $1 as d
                    from (select l.id, l.embedding %s %s
-                         order by l.embedding_bits <~> binary_quantize($1), l.id limit %s) as c
+                         order by l.embedding_bits <~> binary_quantize($1), l.id
+                         limit greatest(400, 4 * $2)) as c
                    order by 2, 1 limit $2) as s',
-            from_sql, where_sql, rerank_depth)
+            from_sql, where_sql)
             into ids, distances
             using query_embedding, match_count, filter_message_type, filter_brand, filter_model,
                   filter_reference, min_price_eur, max_price_eur, filter_condition, since, min_year,
