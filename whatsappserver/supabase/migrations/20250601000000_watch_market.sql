@@ -89,7 +89,9 @@ alter table public.watch_listings add column if not exists embedding_bits bit(15
 
 -- Cosine HNSW: `embedding <=> query` in ORDER BY uses it. m = 32 (twice the default) keeps the graph
 -- connected enough for filtered walks: with a filter keeping 5% of 100k listings, recall@10 is ~0.97
--- against ~0.95 at the default m = 16 (bench/search_latency.py builds the index the same way).
+-- against ~0.95 at the default m = 16 (bench/search_latency.py builds the index the same way). Such
+-- narrow filters are now scored over their rows instead (watch_vector_candidates); the walk serves
+-- unfiltered searches and filters keeping over ~10% of the table.
 create index if not exists watch_listings_embedding_hnsw
     on public.watch_listings using hnsw (embedding vector_cosine_ops) with (m = 32, ef_construction = 128);
 create index if not exists watch_listings_fts on public.watch_listings using gin (fts);
