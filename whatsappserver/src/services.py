@@ -48,6 +48,7 @@ def worker_settings(settings: Settings) -> WorkerSettings:
         linger_seconds=settings.WORKER_BATCH_LINGER_SECONDS,
         yield_max_seconds=settings.WORKER_YIELD_MAX_SECONDS,
         busy_concurrency=settings.WORKER_BUSY_CONCURRENCY,
+        busy_posts_per_second=settings.WORKER_BUSY_POSTS_PER_SECOND,
         busy_batch_size=settings.WORKER_BUSY_BATCH_SIZE,
     )
 
