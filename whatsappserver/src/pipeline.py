@@ -278,7 +278,7 @@ class Pipeline:
         return (self.runtime.webhook_posts - start_count) / elapsed >= self.settings.busy_posts_per_second
 
     async def _wait_while_intake_busy(self) -> bool:
-        """While webhooks arrive, start a batch only when fewer than busy_concurrency are in flight.
+        """While intake is heavy, start a batch only when fewer than busy_concurrency are in flight.
 
         With busy_concurrency 0 no batch starts while they arrive, up to yield_max_seconds; then a small
         one does (returns True), so a burst that never ends still sees its messages processed.
