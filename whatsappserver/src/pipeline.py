@@ -244,20 +244,22 @@ class Pipeline:
             log.warning("stopped with %d batch(es) unfinished; their messages stay queued", len(not_done))
             await asyncio.gather(*not_done, return_exceptions=True)
 
+    async def _hold_while(self, slowed: Callable[[], bool]) -> bool:
+        """Wait while `slowed()` holds, at most yield_max_seconds; True when the bound ran out."""
+        waited = 0.0
+        while slowed() and not self._stopping:
+            if waited >= self.settings.yield_max_seconds:
+                return True
+            await asyncio.sleep(0.02)
+            waited += 0.02
+        return False
+
     async def _yield_to_intake(self) -> bool:
         """While webhook requests wait for the CPU, hold the next step back (bounded, so work still moves).
 
         Returns True when the loop still lags after the wait: the caller then takes a small batch.
         """
-        waited = 0.0
-        while (
-            self.lag_monitor.lag > self.settings.yield_lag_seconds
-            and waited < self.settings.yield_max_seconds
-            and not self._stopping
-        ):
-            await asyncio.sleep(0.02)
-            waited += 0.02
-        return waited >= self.settings.yield_max_seconds
+        return await self._hold_while(lambda: self.lag_monitor.lag > self.settings.yield_lag_seconds)
 
     def _sample_posts(self) -> None:
         """Every 50 ms, the count of webhook POSTs so far; samples older than the busy window are dropped."""
@@ -284,15 +286,9 @@ class Pipeline:
         one does (returns True), so a burst that never ends still sees its messages processed.
         """
         limit = self.settings.busy_concurrency
-        waited = 0.0
         while self._intake_busy() and len(self._in_flight) >= max(limit, 1) and not self._stopping:
             await asyncio.sleep(0.01)
-        while limit == 0 and self._intake_busy() and not self._stopping:
-            if waited >= self.settings.yield_max_seconds:
-                return True
-            await asyncio.sleep(0.02)
-            waited += 0.02
-        return False
+        return limit == 0 and await self._hold_while(self._intake_busy)
 
     async def _idle(self) -> None:
         """Wait for a wake-up or the next poll."""

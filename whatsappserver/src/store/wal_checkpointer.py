@@ -33,8 +33,6 @@ class WalCheckpointer:
         self.interval = interval
         self.restart_pages = restart_pages
         self.busy_timeout = busy_timeout_seconds
-        self.checkpoints = 0
-        self.restarts = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -71,12 +69,9 @@ class WalCheckpointer:
             conn.close()
 
     def checkpoint(self, conn: sqlite3.Connection) -> None:
-        busy, wal_pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if wal_pages > 0 and copied > 0:
-            self.checkpoints += 1
+        _, wal_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if wal_pages >= self.restart_pages:
             # Writes never paused long enough for the WAL to restart: make it, once, at the cost of a
             # short wait for writers.
             conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-            self.restarts += 1
             log.info("WAL reached %d pages: restarted it", wal_pages)
