@@ -9,22 +9,9 @@ from pathlib import Path
 from src.embedding_processor import LocalEmbedder
 from src.pipeline import Pipeline, WorkerSettings
 from src.stats import RuntimeStats
-from src.store.base import InboundMessage
 from src.store.sqlite import SQLiteStore
 from src.watch_info_extractor import extract_watch_info
-
-
-def _message(i: int) -> InboundMessage:
-    return InboundMessage(
-        id=f"wamid.BUSY{i:04d}",
-        source="webhook",
-        chat_id="15550100001",
-        sender_id="15550100042",
-        sender_name="Dealer 42",
-        sent_at=None,
-        wa_type="text",
-        text=f"WTS Rolex Submariner 126610LN 20{10 + i % 14} full set {9000 + i}€",
-    )
+from tests.test_pipeline_retries import inbound
 
 
 async def _processed(store: SQLiteStore) -> int:
@@ -59,7 +46,7 @@ async def test_a_burst_holds_the_worker_back_then_small_batches_move_and_the_res
     pipeline.start()  # as in the server: running before the burst
     burst = asyncio.create_task(webhooks_arriving(2.3))
     await asyncio.sleep(0.3)
-    await store.insert_messages([_message(i) for i in range(40)])  # what the burst stored
+    await store.insert_messages([inbound(i) for i in range(40)])  # what the burst stored
     pipeline.wake()
     try:
         await asyncio.sleep(0.4)

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import openai
-import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from src import fast_json
 from src.config import Settings
 
 log = logging.getLogger(__name__)
@@ -378,7 +378,7 @@ class OpenAIEmbedder(Embedder):
             raw = await self._client.embeddings.with_raw_response.create(
                 input=inputs, model=self.model_name, encoding_format="base64", **kwargs
             )
-        data = sorted(orjson.loads(raw.http_response.content)["data"], key=lambda item: item["index"])
+        data = sorted(fast_json.loads(raw.http_response.content)["data"], key=lambda item: item["index"])
         if len(data) != len(inputs):
             raise EmbeddingError(f"{self.model_name} returned {len(data)} vectors for {len(inputs)} inputs")
         vectors = [_decode_vector(item["embedding"]) for item in data]

@@ -61,6 +61,7 @@ Receive = Callable[[], Awaitable[ASGIMessage]]
 Send = Callable[[ASGIMessage], Awaitable[None]]
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_SIGNATURE_KEY = SIGNATURE_HEADER.lower().encode("latin-1")
 
 
 class ClientDisconnected(Exception):
@@ -173,9 +174,6 @@ async def handle_webhook_post(
         "statuses": parsed.statuses,
         "skipped": len(parsed.invalid),
     }
-
-
-_SIGNATURE_KEY = SIGNATURE_HEADER.lower().encode("latin-1")
 
 
 async def webhook_post_asgi(services: Services | None, scope: ASGIMessage, receive: Receive, send: Send) -> None:
