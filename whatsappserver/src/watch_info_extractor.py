@@ -68,7 +68,8 @@ try:
 except ImportError:  # pragma: no cover - other interpreters: fall back to plain scanning
     _sre_parser = None
 
-_MAX_PREFIXES = 80  # more literal prefixes than this make the prefilter itself slow
+_MAX_PREFIXES = 200  # more literal prefixes than this make the prefilter itself slow (a trie of 200 is
+# still quick, and longer prefixes give fewer false hints: the month-year gate went from 2 atoms to 3)
 
 
 def _class_atom(items: list) -> str | None:
@@ -139,7 +140,7 @@ def _prefilter(pattern: str) -> re.Pattern[str] | None:
     if _sre_parser is None:
         return None
     items = list(_sre_parser.parse(pattern))
-    for k in (4, 3, 2):
+    for k in (5, 4, 3, 2):
         out: set[tuple[str, ...]] = set()
         _prefixes(items, (), k, out)
         if len(out) > _MAX_PREFIXES:
@@ -281,14 +282,19 @@ _CUR_POST = (
 # it starts with a lookbehind, and the engine tries it at every position. Here it starts with a class of the
 # characters a price can start with and tests the lookbehind right after it, so the engine skips straight to
 # them; the rest is the same pattern with that first character taken: `nr` is the number after its first digit,
-# `pr` the currency after its first character (the same alternatives, in the same order).
+# `pr` the currency after its first character (the same alternatives; those sharing a first character keep
+# their order). The lookbehind's class lists a-z and 0-9 before \w: the engine tests a set's items in order,
+# and nearly every character it rejects there is a lower-case letter or a digit.
 _NUM_REST = r"\d{0,2}(?:[ .,']\d{3})+(?:[.,]\d{1,2})?|\d*(?:[.,]\d{1,3})?"  # _NUM after its first digit
-_CUR_PRE_REST = (  # _CUR_PRE after its first character
-    r"(?<=u)(?:s\$|sdt|sd)|(?<=e)(?:ur|uros?)|(?<=c)hf|(?<=g)bp|(?<=h)k\$|(?<=h)kd|(?<=a)ed|(?<=s)gd|(?<=s)\$"
-    r"|(?<=j)py|(?<=c)ad|(?<=a)ud|(?<=[$€£¥])"
+# _CUR_PRE after its first character. Each word is led by its second character and checks its first with a
+# lookbehind afterwards: the engine rejects a literal-led alternative at a glance, while a lookbehind-led one
+# costs a look back at every letter that may start a word (same words, same order among equal first letters).
+_CUR_PRE_REST = (
+    r"s\$(?<=us\$)|sdt(?<=usdt)|sd(?<=usd)|ur(?<=eur)|uros(?<=euros)|uro(?<=euro)|hf(?<=chf)|bp(?<=gbp)"
+    r"|k\$(?<=hk\$)|kd(?<=hkd)|ed(?<=aed)|gd(?<=sgd)|\$(?<=s\$)|py(?<=jpy)|ad(?<=cad)|ud(?<=aud)|(?<=[$€£¥])"
 )
 _PRICE_RE = re.compile(
-    rf"[0-9$€£¥uecghasj](?<![\w.,/$€£].)(?:(?<=\d)(?P<nr>{_NUM_REST})|(?P<pr>{_CUR_PRE_REST})[ ]?(?P<num>{_NUM}))"
+    rf"[0-9$€£¥uecghasj](?<![a-z0-9.,/$€£\w].)(?:(?<=\d)(?P<nr>{_NUM_REST})|(?P<pr>{_CUR_PRE_REST})[ ]?(?P<num>{_NUM}))"
     rf"(?:[ ]?(?P<mult>k(?![a-z])|m(?![a-z])|mio\b|mil\b|million\b)(?P<kd>\d{{1,3}}(?![\d.,]))?)?"
     rf"(?:[ ]?(?:,-|\.-|\.--))?"
     rf"(?:[ ]?(?P<post>{_CUR_POST}))?"
