@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from app import create_app
 from src.config import Settings
-from src.whatsapp.webhook import sign
+from src.whatsapp.webhook import WebhookPayload, _has_model_shape, sign
 from tests.conftest import TEST_SECRET
 from tests.live_server import LiveServer
 from tests.webhook_payloads import body_and_headers, change, payload, text_message
@@ -57,12 +57,20 @@ message_strategy = st.fixed_dictionaries(
         "group_id": maybe(st.text(max_size=10)),
     },
 )
+contact_strategy = st.fixed_dictionaries(
+    {},
+    optional={
+        "wa_id": maybe(st.text(alphabet="0123456789", min_size=5, max_size=15)),
+        "user_id": maybe(st.text(max_size=10)),
+        "profile": maybe(st.fixed_dictionaries({}, optional={"name": maybe(st.text(max_size=20))})),
+    },
+)
 value_strategy = st.fixed_dictionaries(
     {},
     optional={
         "messages": maybe(st.lists(maybe(message_strategy), max_size=8)),
         "statuses": maybe(st.lists(any_json, max_size=3)),
-        "contacts": maybe(st.lists(any_json, max_size=3)),
+        "contacts": maybe(st.lists(maybe(contact_strategy), max_size=3)),
         "metadata": any_json,
     },
 )
@@ -123,6 +131,39 @@ def test_generated_webhook_bodies_get_2xx_or_clear_4xx(hostile_client: TestClien
     assert response.status_code in (200, 400), response.text
     if response.status_code == 400:
         assert response.json()["error"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=webhook_strategy)
+def test_the_fast_shape_check_never_admits_what_the_payload_models_refuse(data: dict) -> None:
+    """Intake skips the pydantic models for bodies that already have their exact shape: that check must
+    never pass a body the models would answer with a 400."""
+    if _has_model_shape(data):
+        WebhookPayload.model_validate(data)
+
+
+def test_every_real_webhook_fixture_takes_the_fast_path() -> None:
+    """The shape check is not so strict that Meta's own payloads fall back to the models' copy."""
+    fixtures = sorted((Path(__file__).parent / "data" / "webhooks").glob("*.json"))
+    shaped = []
+    for path in fixtures:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and data.get("object") == "whatsapp_business_account":
+            shaped.append((path.name, _has_model_shape(data)))
+    assert len(shaped) >= 5
+    assert all(ok for _, ok in shaped), shaped
+
+
+def test_a_message_nested_past_the_json_serialiser_limit_is_stored(hostile_client: TestClient) -> None:
+    """orjson writes at most 254 levels; such a message (valid JSON, 1,010 levels) is cut, not a 500."""
+    template = json.dumps(payload([change([{**text_message("WTS Rolex 126610LN 11k€"), "x": "@@"}])]))
+    body = template.replace('"@@"', "[" * 1010 + "]" * 1010).encode()
+    response = _post_signed(hostile_client, body)
+    assert response.status_code == 200, response.text
+    assert response.json()["stored"] == 1
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -159,6 +159,23 @@ def test_json_that_is_not_a_webhook_is_400(client: TestClient) -> None:
     assert "entry" in response.json()["error"]
 
 
+def test_nul_characters_are_removed_from_the_stored_text_and_raw_record(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """JSON escapes a NUL as \\u0000; Postgres refuses NUL in text, so no store keeps one."""
+    settings = make_settings(WORKER_ENABLED=False)
+    message = {**text_message("WTS Rolex\x00 126610LN 11k€"), "extra": {"k\x00ey": "v\x00"}}
+    body = json.dumps(payload([change([message])])).encode()
+    assert b"\\u0000" in body
+    with TestClient(create_app(settings)) as client:
+        response = post(client, body)
+    assert response.status_code == 200, response.text
+    (row,) = stored_rows(settings)
+    assert row["text"] == "WTS Rolex 126610LN 11k€"
+    assert "\x00" not in row["raw"] and "\\u0000" not in row["raw"]
+    assert json.loads(row["raw"])["extra"] == {"key": "v"}
+
+
 def test_body_over_4_mb_is_413(client: TestClient) -> None:
     big = b'{"object": "whatsapp_business_account", "entry": [], "pad": "' + b"x" * (4 * 1024 * 1024) + b'"}'
     response = post(client, big)

@@ -20,6 +20,15 @@ def loads(data: bytes | str) -> Any:
         return json.loads(data)
 
 
+def loads_checked(data: bytes | str) -> tuple[Any, bool]:
+    """Parse JSON as `loads` does; the flag is True when the standard library had to (its strings may then
+    hold lone surrogates, which orjson refuses to produce)."""
+    try:
+        return orjson.loads(data), False
+    except orjson.JSONDecodeError:
+        return json.loads(data), True
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text, non-ASCII kept as is (what `json.dumps(ensure_ascii=False)` keeps)."""
     try:

@@ -62,6 +62,7 @@ Send = Callable[[ASGIMessage], Awaitable[None]]
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SIGNATURE_KEY = SIGNATURE_HEADER.lower().encode("latin-1")
+_NUL_ESCAPE = b"\\u0000"
 
 
 class ClientDisconnected(Exception):
@@ -127,7 +128,7 @@ async def handle_webhook_post(
             runtime.rejected_requests += 1
             return 403, {"error": f"{SIGNATURE_HEADER} does not match the body"}
     try:
-        data = fast_json.loads(body)
+        data, lenient_parse = fast_json.loads_checked(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         runtime.rejected_requests += 1
         return 400, {"error": f"body is not JSON: {exc}"}
@@ -135,7 +136,8 @@ async def handle_webhook_post(
         runtime.rejected_requests += 1
         return 400, {"error": "body is nested too deeply"}
     try:
-        parsed = parse_payload(data)
+        # A NUL or a lone surrogate can only come from an escape (or the lenient parser): clean copies then.
+        parsed = parse_payload(data, clean=lenient_parse or _NUL_ESCAPE in body)
     except WebhookError as exc:
         runtime.rejected_requests += 1
         return 400, {"error": str(exc)}

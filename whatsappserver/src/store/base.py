@@ -39,6 +39,7 @@ class InboundMessage:
     wa_type: str
     text: str
     raw: dict[str, Any] = field(default_factory=dict)
+    raw_json: str | None = None  # `raw` already serialised (webhook intake does it once), or None
 
 
 @dataclass(slots=True)

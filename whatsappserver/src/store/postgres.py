@@ -321,7 +321,7 @@ class PostgresStore:
             [utc(m.sent_at) for m in messages],
             [m.wa_type for m in messages],
             [m.text for m in messages],
-            [json.dumps(m.raw, ensure_ascii=False) for m in messages],
+            [m.raw_json or json.dumps(m.raw, ensure_ascii=False) for m in messages],
         )
         new = {row["id"] for row in await self._rows(MESSAGE_INSERT, columns)}
         ordered: list[str] = []

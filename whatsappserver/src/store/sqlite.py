@@ -137,8 +137,10 @@ LISTING_COLUMNS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def _ts(value: datetime | None) -> str | None:
-    """One fixed text format in UTC, so that string order is time order."""
+    """One fixed text format in UTC, so that string order is time order (memoised: intake formats the same
+    few send times over and over)."""
     if value is None:
         return None
     if value.tzinfo is None:
@@ -414,7 +416,7 @@ class SQLiteStore:
                 now,
                 m.wa_type,
                 m.text,
-                fast_json.dumps(m.raw),
+                m.raw_json or fast_json.dumps(m.raw),
             )
             for m in messages
         ]
@@ -455,19 +457,25 @@ class SQLiteStore:
         results: list[list[str]] = []
         conn.execute(f"PRAGMA synchronous={durability}")
         conn.execute("BEGIN IMMEDIATE")
-        # One multi-row INSERT ... RETURNING per slice: the ids it returns are the new ones (a redelivered id
-        # is skipped by ON CONFLICT), at a fraction of the cost of one statement per message.
         rows = [row for group in groups for row in group]
-        new_ids: set[str] = set()
+        # Which ids are stored already (Meta's redeliveries), then multi-row INSERTs (one statement per 500
+        # rows costs a fraction of one per message) that skip them. Not INSERT ... RETURNING:
+        # each returned row is one more step, and Python's sqlite3 gives the GIL back and waits to retake it
+        # around every step, up to a switch interval each while the event loop is busy with requests.
+        new_ids = {row[0] for row in rows}
+        for start in range(0, len(rows), INSERT_ROWS_PER_STATEMENT):
+            ids = [row[0] for row in rows[start : start + INSERT_ROWS_PER_STATEMENT]]
+            sql = "SELECT id FROM whatsapp_messages WHERE id IN (" + ",".join("?" * len(ids)) + ")"
+            new_ids.difference_update(row[0] for row in conn.execute(sql, ids).fetchall())
         for start in range(0, len(rows), INSERT_ROWS_PER_STATEMENT):
             chunk = rows[start : start + INSERT_ROWS_PER_STATEMENT]
             sql = (
                 "INSERT INTO whatsapp_messages (id, source, chat_id, sender_id, sender_name, sent_at, received_at, "
                 "wa_type, text, raw, status) VALUES "
                 + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')"] * len(chunk))
-                + " ON CONFLICT (id) DO NOTHING RETURNING id"
+                + " ON CONFLICT (id) DO NOTHING"
             )
-            new_ids.update(row[0] for row in conn.execute(sql, [value for row in chunk for value in row]))
+            conn.execute(sql, [value for row in chunk for value in row])
         for group in groups:
             inserted: list[str] = []
             for row in group:

@@ -6,14 +6,17 @@ change, message and status of a POST is walked (Meta batches them); nothing is t
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from src import fast_json
 from src.store.base import InboundMessage
 
 log = logging.getLogger(__name__)
@@ -167,46 +170,129 @@ def _optional_text(value: Any) -> str | None:
     return clean_text(value) if isinstance(value, str) and value else None
 
 
-def _timestamp(value: Any) -> datetime | None:
+@functools.lru_cache(maxsize=1024)
+def _timestamp_of_text(value: str) -> datetime | None:
+    """Memoised: the messages of one POST (and of one second) share a timestamp."""
+    return _timestamp_uncached(value)
+
+
+def _timestamp_uncached(value: Any) -> datetime | None:
     try:
         return datetime.fromtimestamp(int(value), tz=UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         return None
 
 
-def _sender_name(contacts: list[Contact], sender_id: str | None) -> str | None:
+def _timestamp(value: Any) -> datetime | None:
+    return _timestamp_of_text(value) if isinstance(value, str) else _timestamp_uncached(value)
+
+
+def _sender_name(contacts: list[dict[str, Any]], sender_id: str | None) -> str | None:
     for contact in contacts:
-        if sender_id and sender_id in (contact.wa_id, contact.user_id):
-            return contact.profile.name if contact.profile else None
-    if len(contacts) == 1 and contacts[0].profile:
-        return contacts[0].profile.name
+        if sender_id and sender_id in (contact.get("wa_id"), contact.get("user_id")):
+            profile = contact.get("profile")
+            return profile.get("name") if profile else None
+    if len(contacts) == 1 and contacts[0].get("profile"):
+        return contacts[0]["profile"].get("name")
     return None
 
 
-def parse_payload(data: Any) -> ParsedWebhook:
-    """Walk every entry, change, message and status. Raises WebhookError when the shape is not a webhook."""
-    if not isinstance(data, dict):
-        raise WebhookError("the body must be a JSON object with 'object' and 'entry'")
-    try:
-        payload = WebhookPayload.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise WebhookError(f"not a WhatsApp webhook: {where}: {first['msg']}") from None
+def _optional(value: Any, kind: type) -> bool:
+    return value is None or type(value) is kind
 
-    parsed = ParsedWebhook()
-    for entry in payload.entry:
-        for change in entry.changes:
-            value = change.value
+
+def _list_of_dicts(container: dict[str, Any], key: str) -> bool:
+    """The key is absent, or a list of objects (what the models' `list[...] = []` fields accept)."""
+    value = container.get(key, _ABSENT)
+    return value is _ABSENT or (type(value) is list and all(type(item) is dict for item in value))
+
+
+_ABSENT: list[Any] = []
+
+
+def _contact_ok(contact: dict[str, Any]) -> bool:
+    profile = contact.get("profile")
+    return (
+        _optional(contact.get("wa_id"), str)
+        and _optional(contact.get("user_id"), str)
+        and (profile is None or (type(profile) is dict and _optional(profile.get("name"), str)))
+    )
+
+
+def _has_model_shape(data: dict[str, Any]) -> bool:
+    """True when `data` holds exactly the JSON types the payload models accept, as every real webhook does.
+
+    Then the models would accept it unchanged, so validating it through them (a copy of every message) is
+    skipped; anything else goes through the models, which accept it or say precisely what is wrong.
+    """
+    if type(data.get("object")) is not str or not _list_of_dicts(data, "entry") or "entry" not in data:
+        return False
+    for entry in data["entry"]:
+        if not _optional(entry.get("id"), str) or not _list_of_dicts(entry, "changes"):
+            return False
+        for change in entry.get("changes", _ABSENT):
+            value = change.get("value")
+            if not _optional(change.get("field"), str) or not _optional(value, dict):
+                return False
             if value is None:
                 continue
-            parsed.statuses += len(value.statuses)
-            for message in value.messages:
-                _walk_message(message, value, parsed)
+            if not (
+                _optional(value.get("messaging_product"), str)
+                and _optional(value.get("metadata"), dict)
+                and _list_of_dicts(value, "contacts")
+                and _list_of_dicts(value, "messages")
+                and _list_of_dicts(value, "statuses")
+                and all(_contact_ok(contact) for contact in value.get("contacts", _ABSENT))
+            ):
+                return False
+    return True
+
+
+def parse_payload(data: Any, *, clean: bool = True) -> ParsedWebhook:
+    """Walk every entry, change, message and status. Raises WebhookError when the shape is not a webhook.
+
+    `clean=False` is for bodies known to hold no NUL and no lone surrogate (orjson parsed them and no
+    `\\u0000` escape occurs): each message's dict is then kept as its raw record without a cleaned copy.
+    """
+    if not isinstance(data, dict):
+        raise WebhookError("the body must be a JSON object with 'object' and 'entry'")
+    if not _has_model_shape(data):
+        try:
+            WebhookPayload.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
+            raise WebhookError(f"not a WhatsApp webhook: {where}: {first['msg']}") from None
+
+    parsed = ParsedWebhook()
+    for entry in data["entry"]:
+        for change in entry.get("changes", _ABSENT):
+            value = change.get("value")
+            if value is None:
+                continue
+            parsed.statuses += len(value.get("statuses", _ABSENT))
+            contacts = value.get("contacts", _ABSENT)
+            for message in value.get("messages", _ABSENT):
+                _walk_message(message, contacts, parsed, clean)
     return parsed
 
 
-def _walk_message(message: dict[str, Any], value: ChangeValue, parsed: ParsedWebhook) -> None:
+def _raw_record(message: dict[str, Any], clean: bool) -> tuple[dict[str, Any], str]:
+    """The message as stored, and its JSON text (serialised once, here).
+
+    Without `clean`, the parsed dict itself (no copy); a dict nested past orjson's 254 levels can only be
+    hostile, and is cut to the cleaned copy's depth like any unclean one.
+    """
+    if not clean:
+        try:
+            return message, orjson.dumps(message).decode("utf-8")
+        except orjson.JSONEncodeError:
+            pass
+    raw = _clean_json(message)
+    return raw, fast_json.dumps(raw)
+
+
+def _walk_message(message: dict[str, Any], contacts: list[dict[str, Any]], parsed: ParsedWebhook, clean: bool) -> None:
     message_id = message.get("id")
     kind = message.get("type")
     if not isinstance(message_id, str) or not message_id or not isinstance(kind, str):
@@ -217,6 +303,7 @@ def _walk_message(message: dict[str, Any], value: ChangeValue, parsed: ParsedWeb
         return
     message_id = clean_text(message_id)
     sender_id = _optional_text(message.get("from")) or _optional_text(message.get("from_user_id"))
+    raw, raw_json = _raw_record(message, clean)
     if kind == "edit":
         edit = message.get("edit")
         original = edit.get("original_message_id") if isinstance(edit, dict) else None
@@ -225,24 +312,23 @@ def _walk_message(message: dict[str, Any], value: ChangeValue, parsed: ParsedWeb
             parsed.invalid.append("an edit without 'original_message_id' and 'message'")
             return
         parsed.edits.append(
-            MessageEdit(
-                original_id=clean_text(original), text=clean_text(_text_of(inner)), raw=_clean_json(message)
-            )
+            MessageEdit(original_id=clean_text(original), text=clean_text(_text_of(inner)), raw=raw)
         )
         return
     if kind not in TEXT_TYPES:
         parsed.unsupported += 1
-    name = _sender_name(value.contacts, sender_id)
+    name = _sender_name(contacts, sender_id)
     parsed.messages.append(
         InboundMessage(
             id=message_id,
             source="webhook",
             chat_id=_optional_text(message.get("group_id")) or sender_id,
             sender_id=sender_id,
-            sender_name=clean_text(name) if name else None,
+            sender_name=clean_text(name) if isinstance(name, str) and name else None,
             sent_at=_timestamp(message.get("timestamp")),
             wa_type=clean_text(kind),
             text=clean_text(_text_of(message)),
-            raw=_clean_json(message),
+            raw=raw,
+            raw_json=raw_json,
         )
     )
