@@ -6,7 +6,6 @@ Shape borrowed from simonw/llm: only `embed_batch` is abstract; `embed` derives 
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
 import logging
 import math
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import openai
+import pybase64
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from src import fast_json
@@ -148,7 +148,8 @@ def embedding_text_from_row(row: Any) -> str:
 def _decode_vector(value: str | list[float]) -> list[float]:
     """A float32 row from the API's base64 (or, from servers that ignore encoding_format, a float list)."""
     if isinstance(value, str):
-        return np.frombuffer(base64.b64decode(value), dtype="<f4")  # type: ignore[return-value]
+        # pybase64 (SIMD): 1 µs for a 1536-dimension vector where the standard library takes 20-30 µs.
+        return np.frombuffer(pybase64.b64decode(value, validate=True), dtype="<f4")  # type: ignore[return-value]
     return value
 
 
@@ -243,6 +244,10 @@ def _is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
     return isinstance(exc, openai.APIConnectionError)
+
+
+# Requests made through the client's generic `post` ask for its API-key header explicitly.
+_AUTHENTICATED: Any = {"security": {"bearer_auth": True}}
 
 
 class OpenAIEmbedder(Embedder):
@@ -370,15 +375,16 @@ class OpenAIEmbedder(Embedder):
         raise AssertionError("unreachable")  # pragma: no cover - tenacity either returns or raises
 
     async def _request(self, inputs: list[str]) -> list[list[float]]:
+        body: dict[str, Any] = {"input": inputs, "model": self.model_name, "encoding_format": "base64"}
+        if self._send_dimensions:
+            body["dimensions"] = self.dimensions
         async with self._semaphore:
             self.requests += 1
-            kwargs: dict[str, Any] = {"dimensions": self.dimensions} if self._send_dimensions else {}
-            # Raw base64 decoded with numpy: the SDK's parsed response would build a Python float per value
-            # (hundreds of thousands per batch) on the event loop, holding up webhook acks.
-            raw = await self._client.embeddings.with_raw_response.create(
-                input=inputs, model=self.model_name, encoding_format="base64", **kwargs
-            )
-        data = sorted(fast_json.loads(raw.http_response.content)["data"], key=lambda item: item["index"])
+            # The client's generic post with a plain body, read raw: `embeddings.create` would walk every
+            # input through its typed-params transform, and its parsed response would build a Python float
+            # per value (hundreds of thousands per batch), both on the event loop, holding up webhook acks.
+            content = await self._client.post("/embeddings", cast_to=str, body=body, options=_AUTHENTICATED)
+        data = sorted(fast_json.loads(content)["data"], key=lambda item: item["index"])
         if len(data) != len(inputs):
             raise EmbeddingError(f"{self.model_name} returned {len(data)} vectors for {len(inputs)} inputs")
         vectors = [_decode_vector(item["embedding"]) for item in data]
