@@ -56,6 +56,9 @@ class WorkerSettings:
     # 110-130 ms with 1; a burst is processed right after it ends. Below the rate the worker runs freely.
     busy_posts_per_second: float = 200.0
     busy_window_seconds: float = 0.5
+    # Intake is over once no POST has come for this long: the worker starts on the burst at once, not a
+    # whole window later (POSTs of a heavy stream come a few ms apart).
+    busy_quiet_seconds: float = 0.1
     busy_concurrency: int = 0
 
 
@@ -273,7 +276,7 @@ class Pipeline:
     def _intake_busy(self) -> bool:
         """Webhook POSTs per second over the last window at or above the busy rate, and still arriving."""
         now = time.monotonic()
-        if not self._post_samples or now - self.runtime.last_webhook_at >= self.settings.busy_window_seconds:
+        if not self._post_samples or now - self.runtime.last_webhook_at >= self.settings.busy_quiet_seconds:
             return False
         start_time, start_count = self._post_samples[0]
         elapsed = max(now - start_time, 0.05)
