@@ -236,7 +236,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="12 s of load per server instead of 60 s")
     parser.add_argument(
-        "--rates", default="100,200,400,600,800,1000,1200,1400,1600", help="request rates of the steps, per second"
+        "--rates", default="100,200,400,600,800,1000,1200,1400,1600,1800,2000,2400", help="request rates of the steps, per second"
     )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -252,7 +252,7 @@ def main() -> None:
         )
         with LiveServer(env=env, extra_args=UVICORN_ARGS) as server:
             ours_steps, acked = asyncio.run(run_load(server.port, rates, per_step, "ours"))
-            lost, twice, pending, drain_seconds = check_store(db, acked, timeout=300)
+            lost, twice, pending, drain_seconds = check_store(db, acked, timeout=600)
 
         pywa_rps = pywa_mps = float("nan")
         try:

@@ -201,13 +201,14 @@ def _optional(value: Any, kind: type) -> bool:
     return value is None or type(value) is kind
 
 
+# The default of a list field that is absent (never mutated): iterating it walks nothing.
+_ABSENT: list[Any] = []
+
+
 def _list_of_dicts(container: dict[str, Any], key: str) -> bool:
     """The key is absent, or a list of objects (what the models' `list[...] = []` fields accept)."""
     value = container.get(key, _ABSENT)
     return value is _ABSENT or (type(value) is list and all(type(item) is dict for item in value))
-
-
-_ABSENT: list[Any] = []
 
 
 def _contact_ok(contact: dict[str, Any]) -> bool:
