@@ -405,3 +405,33 @@ def test_class_led_year_pattern_equals_the_lookbehind_form(text: str) -> None:
     assert [(m.span(), m.group("y")) for m in wie._YEAR_RE.finditer(text)] == [
         (m.span(), m.group("y")) for m in plain.finditer(text)
     ]
+
+
+# Attribute scans run only in spans whose tokens open their gate: a shut gate must mean the scan finds nothing.
+_GATE_PIECES = st.sampled_from(
+    ["like new", "as new", "comme neuve", "bon etat", "tres bon etat", "top condition", "non portee", "n4/22", "10/10",
+     "be", "BE", "nos", "pre-owned", "pre", "worn", "vintage", "b & p", "b&p", "b +p", "box", "boite et papiers",
+     "no box", "no papers", "watch only", "set minus box", "fs", "automatic", "self-winding", "hand wound", "quartz",
+     "2021", "1998", "05/2022", "4/25", "n1.2019", "mar 2020", "submariner 2019", "sept. 2018", "12.2019", "a", "x",
+     "1", "9", "0", " ", "  ", "\n", "\t", "\u00a0", "\u3000", "-", "/", ".", ",", "(", "&", "+", "'"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.lists(_GATE_PIECES, max_size=40).map("".join), st.text(max_size=200)))
+def test_shut_gates_hide_no_attribute(text: str) -> None:
+    from src import watch_info_extractor as wie
+
+    span = wie._collapse_ws(wie._fold(text))
+    gates = wie._span_gates(span)
+    scans = [
+        (wie._GATE_CONDITION, wie._CONDITION_RE),
+        (wie._GATE_BOX_PAPERS, wie._BOX_PAPERS_RE),
+        (wie._GATE_MOVEMENT, wie._MOVEMENT_RE),
+        (wie._GATE_YEAR, wie._YEAR_RE),
+        (wie._GATE_MONTH_YEAR, wie._MONTH_YEAR_RE),
+    ]
+    for bit, rx in scans:
+        if not gates & bit:
+            assert not list(rx.finditer(span)), (bit, span)
+    assert wie._year(span, gates) == wie._year(span)

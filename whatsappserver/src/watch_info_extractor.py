@@ -909,6 +909,90 @@ _MOVEMENT_RE = _Scanner(
 )
 
 
+# ---------------------------------------------------------------- which attribute scans a span needs
+# Most spans name no movement, many no condition, box, papers or year. Every match of those patterns begins with
+# one of a few literal prefixes, and the part of a prefix before its first possible whitespace lies inside one
+# whitespace token of the span. Which of those cut prefixes a token holds depends on the token alone, so it is
+# worked out once per distinct token (dealers repeat their words); a pattern is scanned only in spans with a
+# token that holds one of its cut prefixes, and finds exactly what it found before (nothing, elsewhere).
+_SPLIT_WS = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())  # what str.split splits on
+
+
+_WS_ATOMS = frozenset(re.escape(ch) for ch in _SPLIT_WS)  # a prefix atom that matches whitespace only
+
+
+def _token_gate(pattern: str, lead: str = "") -> re.Pattern[str] | None:
+    """A regex that finds, inside one token, a cut prefix of every match of `pattern`; None if it cannot.
+
+    A prefix cut before an atom that matches only whitespace must end its token. `lead`, when given, is an
+    assertion on the character before every match of `pattern` (inside a token it sees the same character;
+    at the token's start, whitespace or nothing, which it must accept).
+    """
+    if _sre_parser is None:
+        return None
+    items = list(_sre_parser.parse(pattern))
+    for k in (4, 3, 2):
+        out: set[tuple[str, ...]] = set()
+        _prefixes(items, (), k, out)
+        if len(out) <= _MAX_PREFIXES:
+            break
+    else:
+        return None
+    cut: set[tuple[str, ...]] = set()
+    for prefix in out:
+        atoms: list[str] = []
+        for atom in prefix:
+            if re.search(atom, _SPLIT_WS):  # a match may leave the token here
+                if atom in _WS_ATOMS:
+                    atoms.append(r"\Z")  # and surely does
+                break
+            atoms.append(atom)
+        if not atoms or atoms[0] == r"\Z":
+            return None  # a match may start with whitespace, or with anything
+        cut.add(tuple(atoms))
+    return re.compile(lead + _atom_trie(sorted(cut)))
+
+
+_GATE_CONDITION, _GATE_BOX_PAPERS, _GATE_MOVEMENT, _GATE_YEAR, _GATE_MONTH_YEAR = 1, 2, 4, 8, 16
+_GATE_ALL = 31
+# Per gate, a regex a token must match somewhere for the scan to find anything in a span holding it.
+_GATE_RES: list[tuple[int, re.Pattern[str] | None]] = [
+    (_GATE_CONDITION, _token_gate(_CONDITION_RE.pattern, lead="(?<![a-z])")),  # as every alternative
+    (_GATE_BOX_PAPERS, _token_gate(_BOX_PAPERS_RE.pattern)),
+    (_GATE_MOVEMENT, _token_gate(_MOVEMENT_RE.pattern, lead="(?<![a-z])")),
+    # _YEAR_RE without its look-arounds; the month-year pattern's month names may start inside a word.
+    (_GATE_YEAR, re.compile(r"19[3-9]\d|20[0-3]\d")),
+    (_GATE_MONTH_YEAR, _token_gate(_MONTH_YEAR_RE.pattern)),
+]
+
+
+class _GateTable(dict):
+    """Token -> the gates it opens, worked out on first sight (bounded like the lru caches)."""
+
+    def __missing__(self, token: str) -> int:
+        mask = 0
+        for bit, rx in _GATE_RES:
+            if rx is None or rx.search(token) is not None:
+                mask |= bit
+        if len(self) > _KNOWN_TOKENS_MAX:
+            self.clear()
+        self[token] = mask
+        return mask
+
+
+_GATES = _GateTable()
+
+
+def _span_gates(span: str) -> int:
+    """The gates the tokens of a span open together."""
+    mask = 0
+    for gates in map(_GATES.__getitem__, span.split()):
+        mask |= gates
+        if mask == _GATE_ALL:
+            break
+    return mask
+
+
 def _collapse_ws(text: str) -> str:
     r"""re.sub(r"\s+", " ", text) by str.split, which splits on the same whitespace, several times faster."""
     words = text.split()
@@ -1011,11 +1095,14 @@ def _box_papers(span: str) -> tuple[bool | None, bool | None]:
     return box, papers
 
 
-def _year(span: str) -> int | None:
-    """The production or card year: '2018', 'carte 2021', '05/2022', '4/25'; not ranges like '2019-2021'."""
+def _year(span: str, gates: int = _GATE_ALL) -> int | None:
+    """The production or card year: '2018', 'carte 2021', '05/2022', '4/25'; not ranges like '2019-2021'.
+
+    `gates` from _span_gates: a year or month-year scan whose gate is shut would find nothing.
+    """
     ranges: list[tuple[int, int]] | None = None  # year ranges, found only once a year is seen
     best: tuple[int, int] | None = None
-    m = _YEAR_RE.search(span)
+    m = _YEAR_RE.search(span) if gates & _GATE_YEAR else None
     while m is not None:
         if ranges is None:
             ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
@@ -1029,7 +1116,8 @@ def _year(span: str) -> int | None:
     # Every month-year has "/" and two digits, or a year after a dot or a space: without one, skip the scan.
     # The first usable month-year wins only if it comes before the year found above: stop looking past it.
     limit = best[0] if best is not None else None
-    m = _MONTH_YEAR_RE.search(span, 0, limit) if _MONTH_YEAR_HINT_RE.search(span) is not None else None
+    month_year = gates & _GATE_MONTH_YEAR and _MONTH_YEAR_HINT_RE.search(span) is not None
+    m = _MONTH_YEAR_RE.search(span, 0, limit) if month_year else None
     while m is not None:
         if ranges is None:
             ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
@@ -1265,11 +1353,16 @@ def _attrs(
     if "\n" in masked or "  " in masked:
         masked = _collapse_ws(masked)
         span_original = _Collapsed(span_original)
-    a.condition = _condition(masked, span_original)
-    a.year = _year(masked)
+    gates = _span_gates(masked)
+    if gates & _GATE_CONDITION:
+        a.condition = _condition(masked, span_original)
+    if gates & (_GATE_YEAR | _GATE_MONTH_YEAR):
+        a.year = _year(masked, gates)
     a.size = _size(masked)
-    a.movement = _movement(masked)
-    a.box, a.papers = _box_papers(masked)
+    if gates & _GATE_MOVEMENT:
+        a.movement = _movement(masked)
+    if gates & _GATE_BOX_PAPERS:
+        a.box, a.papers = _box_papers(masked)
     return a
 
 
