@@ -299,6 +299,7 @@ _PRICE_RE = re.compile(
     rf"(?:[ ]?(?:,-|\.-|\.--))?"
     rf"(?:[ ]?(?P<post>{_CUR_POST}))?"
 )
+assert _PRICE_RE.groups == 6 and _PRICE_RE.groupindex["nr"] == 1  # _find_prices reads lastindex == 1 as bare
 _PRICE_KEYWORD_RE = _Scanner(
     rf"\b(?:prix|price|px|asking|budget|tarif|ask)\s*:?\s*(?P<num>{_NUM})(?![\d.,]*\s?(?:mm|k\b))"
 )
@@ -359,6 +360,8 @@ def _find_prices(folded: str) -> list[_Price]:
     if not _DIGIT_RE.search(folded):  # every price has a number
         return found
     for m in _PRICE_RE.finditer(folded):
+        if m.lastindex == 1:  # only `nr` took part: a bare number (most matches), no price
+            continue
         nr, _pr, num, mult, kd, post = m.groups()
         if nr is not None:  # led by a digit: no currency before the number
             if not (post or mult):
@@ -406,7 +409,11 @@ def _find_prices(folded: str) -> list[_Price]:
         after = folded[end : end + 20]
         extra = bool(_EXTRA_BEFORE_RE.search(before) or _EXTRA_AFTER_RE.match(after))
         found.append(_Price(start, end, round(amount, 2), code, extra, False))
-    for m in _PRICE_KEYWORD_RE.finditer(folded):
+    # Every keyword holds one of these: without one (most texts) the keyword scan cannot find anything.
+    has_keyword = (
+        "pri" in folded or "px" in folded or "ask" in folded or "budget" in folded or "tarif" in folded
+    )
+    for m in _PRICE_KEYWORD_RE.finditer(folded) if has_keyword else ():
         s = m.start("num")
         if any(p.start <= s < p.end for p in found):
             continue
