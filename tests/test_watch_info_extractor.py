@@ -379,13 +379,16 @@ def test_token_starts_find_what_finditer_finds(text: str) -> None:
     text = text.lower()
     tokens, ref_starts, alias_starts = wie._token_starts(text)
     assert tokens == text.split()
-    for rx, starts in ((wie._REF_CANDIDATE_RE, ref_starts), (wie._ALIAS_RE, alias_starts)):
+    ref_positions = [p for p, _found in ref_starts]
+    for rx, starts in ((wie._REF_CANDIDATE_RE, ref_positions), (wie._ALIAS_RE, alias_starts)):
         got, resume = [], 0
         for p in starts:
             if p >= resume and (m := rx.match(text, p)) is not None:
                 got.append((m.span(), m.groups()))
                 resume = m.end()
         assert got == [(m.span(), m.groups()) for m in rx.finditer(text)]
+    # Candidates worked out on their token alone are the ones matched in the text.
+    assert wie._find_refs(text, ref_starts) == wie._find_refs(text, [(p, None) for p in ref_positions])
 
 
 @settings(max_examples=300, deadline=None)

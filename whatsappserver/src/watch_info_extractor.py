@@ -608,25 +608,37 @@ def _classify_reference(raw: str, explicit: bool) -> tuple[str, str | None, str 
     return t, brand, family, False, exact
 
 
-def _find_refs(masked: str, starts: list[int]) -> list[_Ref]:
+# A reference candidate worked out on its token: (match length, _classify_reference of it); False for no match;
+# None when the match must be tried on the text.
+_RefMatch = tuple[int, tuple[str, str | None, str | None, bool, bool] | None] | bool | None
+
+
+def _find_refs(masked: str, starts: list[tuple[int, _RefMatch]]) -> list[_Ref]:
     """Reference candidates in the phone- and price-masked folded text; `starts` from _token_starts."""
     out: list[_Ref] = []
     match = _REF_CANDIDATE_RE.match
     after = 0  # finditer resumes after the last match: a start inside it is no start
-    for p in starts:
-        if p < after or (m := match(masked, p)) is None:
+    for p, found in starts:
+        if p < after or found is False:
             continue
-        after = m.end()
-        pfx, tok = m.group("pfx", "tok")
-        explicit = bool(pfx and pfx.startswith("r") and pfx != "rm")
-        raw = tok
-        if pfx in ("rm", "pam"):
-            raw = pfx + tok
-        res = _classify_reference(raw, explicit)
+        if found is None:  # a prefix may reach past the token: match in the text
+            if (m := match(masked, p)) is None:
+                continue
+            after = end = m.end()
+            pfx, tok = m.group("pfx", "tok")
+            explicit = bool(pfx and pfx.startswith("r") and pfx != "rm")
+            raw = tok
+            if pfx in ("rm", "pam"):
+                raw = pfx + tok
+            res = _classify_reference(raw, explicit)
+            start = m.start("tok") if pfx not in ("rm", "pam") else m.start()
+        else:  # no prefix: the candidate is the whole match
+            size, res = found
+            after = end = p + size
+            start = p
         if res is None:
             continue
         ref, brand, family, needs_context, exact = res
-        end = m.end()
         if brand in (None, "Rolex") and ref.isdigit() and len(ref) >= 5:
             sm = _SUFFIX_WORD_RE.match(masked[end : end + 7])
             if sm and sm.group(1).upper() in CATALOG.rolex_suffixes:
@@ -634,7 +646,6 @@ def _find_refs(masked: str, starts: list[int]) -> list[_Ref]:
                 end += sm.end()
                 if brand is None:
                     brand = "Rolex"
-        start = m.start("tok") if pfx not in ("rm", "pam") else m.start()
         out.append(_Ref(start, end, ref, brand, family, needs_context, exact))
     return out
 
@@ -754,7 +765,7 @@ _ALIAS_FIRST_RUNS = frozenset(m.group() for k in _ALIASES if (m := _RUN_RE.match
 # a reference candidate or an alias may start; only tokens with some have an entry, so a message's few
 # interesting tokens are picked out in C (filter over the split), and only they are located in the text.
 _KNOWN_TOKENS: set[str] = set()
-_MENTION_STARTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+_MENTION_STARTS: dict[str, tuple[tuple[tuple[int, _RefMatch], ...], tuple[int, ...]]] = {}
 _KNOWN_TOKENS_MAX = 200_000  # bounded like the lru caches: cleared when full
 
 
@@ -780,16 +791,37 @@ def _learn_tokens(tokens: list[str]) -> None:
         )
         aliases = tuple(m.start() for m in _RUN_RE.finditer(tok) if m.group() in _ALIAS_FIRST_RUNS)
         if refs or aliases:
-            _MENTION_STARTS[tok] = (refs, aliases)
+            _MENTION_STARTS[tok] = (tuple((i, _ref_in_token(tok, i)) for i in refs), aliases)
     _KNOWN_TOKENS.update(new)
 
 
-def _token_starts(text: str) -> tuple[list[str], list[int], list[int]]:
-    """The whitespace tokens of the text and where reference candidates and aliases may start, in order."""
+_REF_PREFIX_WORDS = ("rm", "pam", "ref", "réf")  # how every `pfx` of the candidate pattern begins
+
+
+def _ref_in_token(tok: str, i: int) -> _RefMatch:
+    """The candidate match at offset i of a token, worked out on the token alone when that gives the text's.
+
+    Only a `pfx` may reach past whitespace ("ref 5711"): where none can start, the match in the text is the
+    match in the token (the lookbehinds see the same character inside it, and whitespace or nothing at its
+    start; nothing else reads past the match). Returns None where the text must be matched.
+    """
+    if tok.startswith(_REF_PREFIX_WORDS, i):
+        return None
+    m = _REF_CANDIDATE_RE.match(tok, i)
+    if m is None:
+        return False
+    return m.end() - i, _classify_reference(m.group("tok"), False)
+
+
+def _token_starts(text: str) -> tuple[list[str], list[tuple[int, _RefMatch]], list[int]]:
+    """The whitespace tokens of the text and where reference candidates and aliases may start, in order.
+
+    Each reference start comes with its candidate match when the token alone gives it (see _ref_in_token).
+    """
     tokens = text.split()
     if not _KNOWN_TOKENS.issuperset(tokens):
         _learn_tokens(tokens)
-    ref_starts: list[int] = []
+    ref_starts: list[tuple[int, _RefMatch]] = []
     alias_starts: list[int] = []
     table = _MENTION_STARTS
     find, n, pos = text.find, len(text), 0
@@ -802,8 +834,8 @@ def _token_starts(text: str) -> tuple[list[str], list[int], list[int]]:
             s = find(tok, s + 1)
         pos = s + size
         refs, aliases = table[tok]
-        for o in refs:
-            ref_starts.append(s + o)
+        for o, found in refs:
+            ref_starts.append((s + o, found))
         for o in aliases:
             alias_starts.append(s + o)
     return tokens, ref_starts, alias_starts
