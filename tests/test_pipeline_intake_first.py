@@ -62,3 +62,48 @@ async def test_a_burst_holds_the_worker_back_then_small_batches_move_and_the_res
     finally:
         await pipeline.stop()
         await store.close()
+
+
+async def test_during_a_burst_batches_are_extracted_ahead_and_written_once_it_ends(tmp_path: Path) -> None:
+    """The child's core is idle while the event loop acknowledges: extraction starts during the burst,
+    nothing is written before it ends (within the bound), and everything is written right after."""
+    store = SQLiteStore(tmp_path / "ahead.sqlite3")
+    await store.open()
+    runtime = RuntimeStats.new()
+    settings = WorkerSettings(yield_max_seconds=5.0, batch_size=512, linger_seconds=0.0)
+    embedder = LocalEmbedder(32)
+    extract_watch_info("Vends Rolex Submariner 116610LN 8200€")
+    await embedder.embed_batch(["warm-up"])
+    pipeline = Pipeline(store, embedder, runtime, settings)
+    extracted_at: list[float] = []
+    extract = pipeline.analysis.extract
+
+    async def recording_extract(texts: list[str]) -> list:  # type: ignore[type-arg]
+        extracted_at.append(time.monotonic())
+        return await extract(texts)
+
+    pipeline.analysis.extract = recording_extract  # type: ignore[method-assign]
+
+    async def webhooks_arriving(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            runtime.webhook_posts += 5
+            runtime.last_webhook_at = time.monotonic()
+            await asyncio.sleep(0.01)
+
+    pipeline.start()
+    burst = asyncio.create_task(webhooks_arriving(1.5))
+    await asyncio.sleep(0.3)
+    await store.insert_messages([inbound(i) for i in range(60)])
+    pipeline.wake()
+    try:
+        await burst
+        burst_ended = time.monotonic()
+        assert extracted_at and extracted_at[0] < burst_ended  # extracted while the burst went on
+        assert await _processed(store) == 0  # but nothing written during it
+        while await _processed(store) < 60:
+            assert time.monotonic() - burst_ended < 2.0
+            await asyncio.sleep(0.02)
+    finally:
+        await pipeline.stop()
+        await store.close()
