@@ -6,6 +6,7 @@ can run the same app on their own settings. Every module of `src/api/` with a `r
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import pkgutil
@@ -67,6 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await setup(services)
             if settings.WORKER_ENABLED:
                 services.pipeline.start()
+            # Everything built so far (modules, catalogue, models, clients) lives as long as the server: kept
+            # out of the cyclic GC, whose full collections otherwise walked it all in 50-95 ms pauses of the
+            # event loop under load (ack p99 ~100 ms at 1,600 POST/s; 10-14 ms with these frozen).
+            gc.collect()
+            gc.freeze()
             log.info(
                 "ready: store=%s embedding_model=%s worker=%s",
                 services.store.backend_name,
@@ -75,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             yield
         finally:
+            gc.unfreeze()
             await services.aclose()
             log.info("stopped")
 
