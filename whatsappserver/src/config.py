@@ -74,13 +74,10 @@ class Settings(BaseSettings):
     WORKER_NICE: int = 5
     WORKER_CONCURRENCY: int = 4  # batches in flight: one extracted, others embedded or written meanwhile
     WORKER_BATCH_LINGER_SECONDS: float = 0.2  # wait this long for a short batch to fill: fewer, fuller calls
-    # Acks come first: while intake is heavy, batches are claimed and extracted (the child process's core is
-    # idle then) but embedded and written only once it ends, or WORKER_BUSY_BATCH_SIZE messages every
-    # WORKER_YIELD_MAX_SECONDS while it lasts. With WORKER_EXTRACT_AHEAD=false, at most WORKER_BUSY_CONCURRENCY
-    # batches are in flight instead (0: none starts for up to WORKER_YIELD_MAX_SECONDS, then a small one).
+    # Acks come first: while intake is heavy, at most WORKER_BUSY_CONCURRENCY batches are in flight (0: none
+    # starts for up to WORKER_YIELD_MAX_SECONDS, then a small one does); the same holds while the loop lags.
     WORKER_BUSY_POSTS_PER_SECOND: float = 200.0  # intake is heavy from this many webhook POSTs per second
     WORKER_BUSY_CONCURRENCY: int = 0
-    WORKER_EXTRACT_AHEAD: bool = True
     WORKER_YIELD_MAX_SECONDS: float = 2.0
     WORKER_BUSY_BATCH_SIZE: int = 32
 

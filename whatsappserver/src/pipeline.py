@@ -51,19 +51,15 @@ class WorkerSettings:
     yield_max_seconds: float = 2.0
     busy_batch_size: int = 32
     # While intake is heavy (at least busy_posts_per_second webhook POSTs over the last busy_window_seconds),
-    # batches are extracted ahead and written after it (extract_ahead, below). Without extract_ahead, at most
-    # busy_concurrency batches are in flight. 0: none starts for up to yield_max_seconds, then a
-    # busy_batch_size one does (at 800 POST/s, ack p99 14-26 ms with 0 against 110-130 ms with 1, measured
-    # before extract_ahead existed). Below the rate the worker runs freely.
+    # at most busy_concurrency batches are in flight. 0 (the default): none starts for up to
+    # yield_max_seconds, then a busy_batch_size one does. At 800 POST/s, ack p99 14-26 ms with 0 against
+    # 110-130 ms with 1; a burst is processed right after it ends. Below the rate the worker runs freely.
     busy_posts_per_second: float = 200.0
     busy_window_seconds: float = 0.5
     # Intake is over once no POST has come for this long: the worker starts on the burst at once, not a
     # whole window later (POSTs of a heavy stream come a few ms apart).
     busy_quiet_seconds: float = 0.1
     busy_concurrency: int = 0
-    # While intake is heavy, claim full batches anyway and extract them in the child process (idle then);
-    # their embedding and writes wait for the intake to end (see process). False: claim nothing meanwhile.
-    extract_ahead: bool = True
 
 
 def listings_for(message: StoredMessage, info: WatchInfo) -> list[ListingRecord]:
@@ -212,14 +208,10 @@ class Pipeline:
                         break
                 if not await self._acquire_unless_stopped(slots):
                     break
-                ahead = self.settings.extract_ahead and self._intake_busy()
-                if ahead:
-                    size = self.settings.batch_size
-                else:
-                    held_back = await self._wait_while_intake_busy()
-                    lagging = await self._yield_to_intake()
-                    size = self.settings.busy_batch_size if held_back or lagging else self.settings.batch_size
+                held_back = await self._wait_while_intake_busy()
+                lagging = await self._yield_to_intake()
                 try:
+                    size = self.settings.busy_batch_size if held_back or lagging else self.settings.batch_size
                     messages = await self._claim_batch(size) if not self._stopping else []
                 except Exception:  # the store is down or a bug: keep the worker alive, retry soon
                     self.runtime.errors += 1
@@ -229,17 +221,15 @@ class Pipeline:
                     slots.release()
                     await self._idle()
                     continue
-                task = asyncio.create_task(self._process_in_slot(messages, slots, ahead), name="pipeline-batch")
+                task = asyncio.create_task(self._process_in_slot(messages, slots), name="pipeline-batch")
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
         finally:
             await self._finish_in_flight()
 
-    async def _process_in_slot(
-        self, messages: list[StoredMessage], slots: asyncio.Semaphore, ahead: bool = False
-    ) -> None:
+    async def _process_in_slot(self, messages: list[StoredMessage], slots: asyncio.Semaphore) -> None:
         try:
-            await self.process(messages, ahead=ahead)
+            await self.process(messages)
         except Exception:  # the store failed mid-batch: the claims expire and the messages come back
             self.runtime.errors += 1
             log.exception("worker batch of %d messages failed; they return after their lease", len(messages))
@@ -373,14 +363,9 @@ class Pipeline:
             await self.process(messages)
         return len(messages)
 
-    async def process(self, messages: list[StoredMessage], *, ahead: bool = False) -> None:
-        """Extract, embed, write. `ahead`: claimed during heavy intake; extraction runs at once (the child's
-        core is idle while the event loop acknowledges), the rest waits for the intake to end, then goes in
-        one piece; while it lasts, busy_batch_size messages go every yield_max_seconds.
-        """
+    async def process(self, messages: list[StoredMessage]) -> None:
         extracted: list[tuple[StoredMessage, WatchInfo, list[ListingRecord]]] = []
-        if not ahead:
-            await self._yield_to_intake()
+        await self._yield_to_intake()
         infos = await self.analysis.extract([message.text for message in messages])
         for message, info in zip(messages, infos, strict=True):
             if isinstance(info, str):  # extraction is pure; a crash is a bug, never a lost message
@@ -388,18 +373,7 @@ class Pipeline:
                 await self._record_failure(message, info)
                 continue
             extracted.append((message, info, listings_for(message, info)))
-        if not ahead:
-            await self._embed_and_write(extracted)
-            return
-        while extracted and not self._stopping:
-            still_busy = await self._hold_while(self._intake_busy)
-            take = self.settings.busy_batch_size if still_busy else len(extracted)
-            await self._embed_and_write(extracted[:take])
-            extracted = extracted[take:]
-        if extracted:  # stopping: written now rather than left to a lease (stop() bounds the wait)
-            await self._embed_and_write(extracted)
 
-    async def _embed_and_write(self, extracted: list[tuple[StoredMessage, WatchInfo, list[ListingRecord]]]) -> None:
         listings = [listing for _, _, rows in extracted for listing in rows]
         if listings:
             try:

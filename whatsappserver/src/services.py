@@ -50,7 +50,6 @@ def worker_settings(settings: Settings) -> WorkerSettings:
         busy_concurrency=settings.WORKER_BUSY_CONCURRENCY,
         busy_posts_per_second=settings.WORKER_BUSY_POSTS_PER_SECOND,
         busy_batch_size=settings.WORKER_BUSY_BATCH_SIZE,
-        extract_ahead=settings.WORKER_EXTRACT_AHEAD,
     )
 
 
