@@ -6,6 +6,10 @@ waits too (100-200 ms ack spikes at 600 POST/s). Here the writer connection has 
 thread with its own connection checkpoints instead. PASSIVE checkpoints never take the write lock, so
 intake goes on while pages are copied; a WAL that still grows past `restart_pages` (writes never pause
 long enough for it to be reset) gets one blocking RESTART checkpoint, so the file stays bounded.
+
+Every 50 ms, not every 0.5 s: each checkpoint ends with a sync of the database file, and under load a
+sync of 0.5 s of pages (~4 MB at 1,600 POST/s) held intake commits for 30-100 ms (its journal commit);
+a twentieth of that does not show (ack p99 per 2 s window at 1,600 POST/s: 30-100 ms -> 8-24 ms).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class WalCheckpointer:
         self,
         path: Path,
         *,
-        interval: float = 0.5,
+        interval: float = 0.05,
         restart_pages: int = 16384,  # 64 MB of 4 KB pages
         busy_timeout_seconds: float = 5.0,
     ) -> None:
