@@ -236,7 +236,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="12 s of load per server instead of 60 s")
     parser.add_argument(
-        "--rates", default="100,200,400,600,800,1000,1200,1400,1600,1800,2000,2400", help="request rates of the steps, per second"
+        "--rates", default="100,200,400,600,800,1000,1200,1400,1600,1800,2000,2200,2400", help="request rates of the steps, per second"
     )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
