@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import attrgetter
@@ -63,8 +63,8 @@ _START = attrgetter(
 # of the literal prefixes the pattern's matches can start with jumps straight to the few positions where a
 # match may start, and the full pattern is tried only there: the matches found are exactly the pattern's.
 try:
-    from re import _constants as _sre_c
-    from re import _parser as _sre_parser
+    from re import _constants as _sre_c  # type: ignore[attr-defined]  # private, but stable since 3.11
+    from re import _parser as _sre_parser  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - other interpreters: fall back to plain scanning
     _sre_parser = None
 
@@ -194,13 +194,6 @@ class _Scanner:
                 pos = m.end()
             hint = search(text, pos)
         return found
-
-    def iterate(self, text: str) -> Iterator[re.Match[str]]:
-        """finditer's matches one at a time, for loops that stop at the first decisive one."""
-        m = self.search(text)
-        while m is not None:
-            yield m
-            m = self.search(text, m.end())
 
     def search(self, text: str, pos: int = 0, before: int | None = None) -> re.Match[str] | None:
         """The first match from `pos` on, as re.search gives it (so a loop from each match's end = finditer).
@@ -633,7 +626,7 @@ def _find_refs(masked: str, starts: list[tuple[int, _RefMatch]]) -> list[_Ref]:
             res = _classify_reference(raw, explicit)
             start = m.start("tok") if pfx not in ("rm", "pam") else m.start()
         else:  # no prefix: the candidate is the whole match
-            size, res = found
+            size, res = found  # type: ignore[misc]  # neither False nor None here: a (size, result) pair
             after = end = p + size
             start = p
         if res is None:
@@ -888,9 +881,9 @@ def _find_alias_mentions(
             continue
         if (s > 0 and folded[s - 1].isalnum()) or (e < len(folded) and folded[e].isalnum()):
             continue
-        key = _fuzzy_alias(m.group())
-        if key is not None:
-            alias = _ALIASES[key]
+        fuzzy_key = _fuzzy_alias(m.group())
+        if fuzzy_key is not None:
+            alias = _ALIASES[fuzzy_key]
             out.append(_Mention(s, e, alias.brand, alias.family, True))
     out.sort(key=_START)
     return out
@@ -1005,28 +998,30 @@ _GATE_RES: list[tuple[int, re.Pattern[str] | None]] = [
 ]
 
 
-class _GateTable(dict):
-    """Token -> the gates it opens, worked out on first sight (bounded like the lru caches)."""
-
-    def __missing__(self, token: str) -> int:
-        mask = 0
-        for bit, rx in _GATE_RES:
-            if rx is None or rx.search(token) is not None:
-                mask |= bit
-        if len(self) > _KNOWN_TOKENS_MAX:
-            self.clear()
-        self[token] = mask
-        return mask
+# Token -> the gates it opens, worked out on first sight (bounded like the lru caches). A plain dict read with
+# .get: the compiled build reads it without a method call per token.
+_GATES: dict[str, int] = {}
 
 
-_GATES = _GateTable()
+def _token_gates(token: str) -> int:
+    """The gates one token opens (see _GATE_RES), remembered for the next time it is seen."""
+    mask = 0
+    for bit, rx in _GATE_RES:
+        if rx is None or rx.search(token) is not None:
+            mask |= bit
+    if len(_GATES) > _KNOWN_TOKENS_MAX:
+        _GATES.clear()
+    _GATES[token] = mask
+    return mask
 
 
 def _span_gates(span: str) -> int:
     """The gates the tokens of a span open together."""
     mask = 0
-    for gates in map(_GATES.__getitem__, span.split()):
-        mask |= gates
+    known = _GATES
+    for token in span.split():
+        gates = known.get(token)
+        mask |= _token_gates(token) if gates is None else gates
         if mask == _GATE_ALL:
             break
     return mask
@@ -1226,37 +1221,47 @@ def _intent(folded: str) -> tuple[MessageType | None, int]:
     """The first stated intent and where it is; None when the text states none."""
     if _LEADING_FS_RE.match(folded):
         return "sale", 0
-    for m in _INTENT_RE.iterate(folded):
-        kind = m.lastgroup
-        if kind == "sale_phrase":
-            return "sale", m.start()
-        if kind == "trade":
-            if _NEGATED_TRADE_RE.search(folded[max(0, m.start() - 8) : m.start()]):
-                continue
-            if m.group() == "ft" and not re.match(r"\s", folded[m.end() : m.end() + 1] or "x"):
-                continue
-            return "trade", m.start()
-        if kind == "wanted":
-            word = m.group()
-            if word.startswith("need") and _PRICE_BEFORE_RE.search(folded, 0, m.start()) and m.start() > 25:
-                continue  # "... need a loupe to see; $2,990": a remark inside a sale, not a request
-            if word in ("iso", "lf") and folded[m.start() - 1 : m.start()] in (".", "-"):
-                continue
-            if _ACCESSORY_RE.match(folded[m.end() : m.end() + 40]):
-                return "other", m.start()
-            return "wanted", m.start()
-        if kind == "question":
-            return "question", m.start()
-        if kind == "sale":
-            word = m.group()
-            if word in ("have", "stock", "sale") and not re.match(r"^\W*(?:have|stock)\W*$", folded):
-                # "have" alone is a dealer's answer ("Have"); inside a sentence it rarely states a sale
-                if word == "have" and not re.match(
-                    r"\s*(?:\d|a |an |one |this |new |bnib|mint)", folded[m.end() : m.end() + 8]
-                ):
-                    continue
-            return "sale", m.start()
+    m = _INTENT_RE.search(folded)
+    while m is not None:  # the first decisive word wins: scan no further than it
+        intent = _intent_word(folded, m)
+        if intent is not None:
+            return intent, m.start()
+        m = _INTENT_RE.search(folded, m.end())
     return None, -1
+
+
+def _intent_word(folded: str, m: re.Match[str]) -> MessageType | None:
+    """The intent one intent-word match states, or None when its context says it states none."""
+    kind = m.lastgroup
+    if kind == "sale_phrase":
+        return "sale"
+    if kind == "trade":
+        if _NEGATED_TRADE_RE.search(folded[max(0, m.start() - 8) : m.start()]):
+            return None
+        if m.group() == "ft" and not re.match(r"\s", folded[m.end() : m.end() + 1] or "x"):
+            return None
+        return "trade"
+    if kind == "wanted":
+        word = m.group()
+        if word.startswith("need") and _PRICE_BEFORE_RE.search(folded, 0, m.start()) and m.start() > 25:
+            return None  # "... need a loupe to see; $2,990": a remark inside a sale, not a request
+        if word in ("iso", "lf") and folded[m.start() - 1 : m.start()] in (".", "-"):
+            return None
+        if _ACCESSORY_RE.match(folded[m.end() : m.end() + 40]):
+            return "other"
+        return "wanted"
+    if kind == "question":
+        return "question"
+    if kind == "sale":
+        word = m.group()
+        if word in ("have", "stock", "sale") and not re.match(r"^\W*(?:have|stock)\W*$", folded):
+            # "have" alone is a dealer's answer ("Have"); inside a sentence it rarely states a sale
+            if word == "have" and not re.match(
+                r"\s*(?:\d|a |an |one |this |new |bnib|mint)", folded[m.end() : m.end() + 8]
+            ):
+                return None
+        return "sale"
+    return None
 
 
 def classify_message(text: str) -> MessageType:
@@ -1371,9 +1376,7 @@ def _price_start(p: _Price) -> int:
     return p.start
 
 
-def _attrs(
-    span_folded: str, span_original: str | _Collapsed, prices: list[_Price], offset: int, end: int
-) -> _Attrs:
+def _attrs(span_folded: str, span_original: str, prices: list[_Price], offset: int, end: int) -> _Attrs:
     a = _Attrs()
     if offset == 0 and (not prices or prices[-1].start < end):  # every price is inside (the usual one watch)
         inside = prices
@@ -1389,12 +1392,13 @@ def _attrs(
     for p in inside:
         s, e = p.start - offset, min(p.end, end) - offset
         masked = masked[:s] + " " * (e - s) + masked[e:]
+    original: str | _Collapsed = span_original
     if "\n" in masked or "  " in masked:
         masked = _collapse_ws(masked)
-        span_original = _Collapsed(span_original)
+        original = _Collapsed(span_original)
     gates = _span_gates(masked)
     if gates & _GATE_CONDITION:
-        a.condition = _condition(masked, span_original)
+        a.condition = _condition(masked, original)
     if gates & (_GATE_YEAR | _GATE_MONTH_YEAR):
         a.year = _year(masked, gates)
     a.size = _size(masked)
@@ -1445,11 +1449,11 @@ def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Menti
     mentions.sort(key=_START)
     # A price glued to a reference ("116610LN8200") cannot be both: keep the reference.
     if refs and prices:  # refs are disjoint and in text order: find the one before each price by bisection
-        ref_starts = [r.start for r in refs]
+        ref_offsets = [r.start for r in refs]
         prices = [
             p
             for p in prices
-            if (i := bisect.bisect_right(ref_starts, p.start) - 1) < 0 or p.start >= refs[i].end
+            if (i := bisect.bisect_right(ref_offsets, p.start) - 1) < 0 or p.start >= refs[i].end
         ]
     return original, folded, prices, refs, mentions
 
@@ -1721,3 +1725,4 @@ def canonical_model(text: str, brand: str | None = None) -> str | None:
             return family
         fallback = fallback or family
     return fallback
+
