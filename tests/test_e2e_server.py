@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from src import watch_info_extractor
 from tests.conftest import TEST_SECRET
 from tests.live_server import LiveServer
 from tests.webhook_payloads import body_and_headers, change, fake_phone, payload, text_message
@@ -82,6 +83,8 @@ def test_three_messages_in_two_changes_are_processed_and_redelivery_adds_nothing
         assert health["runtime_stats"]["wanted_detected"] == 1
         assert health["store_backend"] == "sqlite"
         assert health["embedding_model"].startswith("local-")
+        # The server loads the same build the tests see: compiled when `dev.py` could compile it.
+        assert health["extractor"] == watch_info_extractor.IMPLEMENTATION
         assert fake_phone(1) not in str(health)
 
 

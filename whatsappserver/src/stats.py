@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from src.store.base import StoreStats
+from src.watch_info_extractor import IMPLEMENTATION as EXTRACTOR_IMPLEMENTATION
 
 
 @dataclass(slots=True)
@@ -94,4 +95,5 @@ def health_payload(
         },
         "store_backend": store_backend,
         "embedding_model": embedding_model,
+        "extractor": EXTRACTOR_IMPLEMENTATION,  # "mypyc" when the compiled build serves, else "python"
     }
