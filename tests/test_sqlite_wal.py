@@ -32,13 +32,19 @@ def _messages(start: int, count: int) -> list[InboundMessage]:
 
 
 def _rows_in_database_file(path: Path) -> int:
-    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
-    try:
-        return int(conn.execute("SELECT count(*) FROM whatsapp_messages").fetchone()[0])
-    except sqlite3.OperationalError:  # not even the schema has been copied yet
-        return 0
-    finally:
-        conn.close()
+    # immutable=1 trusts the file not to change while it is read; the checkpoint thread may be copying pages
+    # into it right then, and a read torn by that copy looks corrupt: read again once the copy is done.
+    for _ in range(100):
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return int(conn.execute("SELECT count(*) FROM whatsapp_messages").fetchone()[0])
+        except sqlite3.OperationalError:  # not even the schema has been copied yet
+            return 0
+        except sqlite3.DatabaseError:  # "database disk image is malformed": a torn read
+            time.sleep(0.01)
+        finally:
+            conn.close()
+    raise AssertionError(f"{path} reads as corrupt even between checkpoints")
 
 
 async def _insert(store: SQLiteStore, total: int, per_post: int = 10) -> None:
