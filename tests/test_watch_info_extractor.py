@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -410,7 +412,7 @@ def test_class_led_year_pattern_equals_the_lookbehind_form(text: str) -> None:
     ]
 
 
-# Attribute scans run only in spans whose tokens open their gate: a shut gate must mean the scan finds nothing.
+# Attribute scans are tried only where _span_starts says a match may start: they must find all they find anywhere.
 _GATE_PIECES = st.sampled_from(
     ["like new", "as new", "comme neuve", "bon etat", "tres bon etat", "top condition", "non portee", "n4/22", "10/10",
      "be", "BE", "nos", "pre-owned", "pre", "worn", "vintage", "b & p", "b&p", "b +p", "box", "boite et papiers",
@@ -422,19 +424,24 @@ _GATE_PIECES = st.sampled_from(
 
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(st.lists(_GATE_PIECES, max_size=40).map("".join), st.text(max_size=200)))
-def test_shut_gates_hide_no_attribute(text: str) -> None:
+def test_scans_from_span_starts_find_what_whole_scans_find(text: str) -> None:
     from src import watch_info_extractor as wie
 
     span = wie._collapse_ws(wie._fold(text))
-    gates = wie._span_gates(span)
-    scans = [
-        (wie._GATE_CONDITION, wie._CONDITION_RE),
-        (wie._GATE_BOX_PAPERS, wie._BOX_PAPERS_RE),
-        (wie._GATE_MOVEMENT, wie._MOVEMENT_RE),
-        (wie._GATE_YEAR, wie._YEAR_RE),
-        (wie._GATE_MONTH_YEAR, wie._MONTH_YEAR_RE),
+    starts = wie._span_starts(span)
+    assert all(found == sorted(found) for found in starts if found is not None)
+    scanners = [
+        (wie._CONDITION, wie._CONDITION_RE),
+        (wie._BOX_PAPERS, wie._BOX_PAPERS_RE),
+        (wie._MOVEMENT, wie._MOVEMENT_RE),
+        (wie._MONTH_YEAR, wie._MONTH_YEAR_RE),
     ]
-    for bit, rx in scans:
-        if not gates & bit:
-            assert not list(rx.finditer(span)), (bit, span)
-    assert wie._year(span, gates) == wie._year(span)
+    for scan, scanner in scanners:
+        expected = [(m.span(), m.lastgroup) for m in re.compile(scanner.pattern).finditer(span)]
+        assert [(m.span(), m.lastgroup) for m in scanner.finditer_at(span, starts[scan])] == expected, scan
+        first = scanner.search_at(span, starts[scan])
+        assert (first.span() if first else None) == (expected[0][0] if expected else None)
+    year_starts = starts[wie._YEAR]
+    assert year_starts is not None
+    assert {m.start() for m in wie._YEAR_RE.finditer(span)} <= set(year_starts)
+    assert wie._year(span, year_starts, starts[wie._MONTH_YEAR]) == wie._year(span)

@@ -195,6 +195,34 @@ class _Scanner:
             hint = search(text, pos)
         return found
 
+    def finditer_at(self, text: str, starts: list[int] | None) -> Sequence[re.Match[str]]:
+        """finditer's matches, trying the pattern only at `starts`: ascending, and holding every position
+        where a match may start (from _span_starts); None tries everywhere."""
+        if starts is None:
+            return self.finditer(text)
+        found: list[re.Match[str]] = []
+        match = self._rx.match
+        after = 0  # finditer resumes after each match: a start inside it is no start
+        for p in starts:
+            if p >= after and (m := match(text, p)) is not None:
+                found.append(m)
+                after = m.end()
+        return found
+
+    def search_at(
+        self, text: str, starts: list[int] | None, pos: int = 0, before: int | None = None
+    ) -> re.Match[str] | None:
+        """search's first match from `pos` on (and before `before`), tried only at `starts` as finditer_at."""
+        if starts is None:
+            return self.search(text, pos, before)
+        match = self._rx.match
+        for p in starts:
+            if before is not None and p >= before:
+                return None
+            if p >= pos and (m := match(text, p)) is not None:
+                return m
+        return None
+
     def search(self, text: str, pos: int = 0, before: int | None = None) -> re.Match[str] | None:
         """The first match from `pos` on, as re.search gives it (so a loop from each match's end = finditer).
 
@@ -923,8 +951,6 @@ _MONTH_YEAR_RE = _Scanner(
     r"(?<![\w/.])(?:n)?(?:0?[1-9]|1[0-2])(?:/(?P<y>\d{2}|(?:19|20)\d\d)|[.](?P<y3>(?:19|20)\d\d))(?![\w/.])"
     r"|(?:jan|feb|fev|mar|apr|avr|may|mai|jun|juin|jul|juil|aug|aout|sep|oct|nov|dec)[a-z]*\.? (?P<y2>(?:19|20)\d\d)(?!\d)"
 )
-# Led by one of three literals, so the engine skips straight to them (a leading class [. ] would not be).
-_MONTH_YEAR_HINT_RE = re.compile(r"/\d\d|\.(?:19|20)\d\d| (?:19|20)\d\d")
 _YEAR_RANGE_RE = _Scanner(
     r"(?:19|20)\d\d\s?[-–]\s?(?:19|20)?\d\d|(?:19|20)\d\d\s?(?:\+|ou plus|or newer|and up|and newer|or later|ou plus recent|minimum|min\b)",
     # Every range has a year and then a dash, a plus or one of the words: a plain year is not worth a try.
@@ -985,46 +1011,83 @@ def _token_gate(pattern: str, lead: str = "") -> re.Pattern[str] | None:
     return re.compile(lead + _atom_trie(sorted(cut)))
 
 
-_GATE_CONDITION, _GATE_BOX_PAPERS, _GATE_MOVEMENT, _GATE_YEAR, _GATE_MONTH_YEAR = 1, 2, 4, 8, 16
-_GATE_ALL = 31
-# Per gate, a regex a token must match somewhere for the scan to find anything in a span holding it.
-_GATE_RES: list[tuple[int, re.Pattern[str] | None]] = [
-    (_GATE_CONDITION, _token_gate(_CONDITION_RE.pattern, lead="(?<![a-z])")),  # as every alternative
-    (_GATE_BOX_PAPERS, _token_gate(_BOX_PAPERS_RE.pattern)),
-    (_GATE_MOVEMENT, _token_gate(_MOVEMENT_RE.pattern, lead="(?<![a-z])")),
+# The scans a span may need, in the order _span_starts lists their start positions.
+_CONDITION, _BOX_PAPERS, _MOVEMENT, _YEAR, _MONTH_YEAR = range(5)
+# Per scan, a regex that matches inside a token at every offset where a match of the scan may start there.
+_GATE_RES: list[re.Pattern[str] | None] = [
+    _token_gate(_CONDITION_RE.pattern, lead="(?<![a-z])"),  # as every alternative
+    _token_gate(_BOX_PAPERS_RE.pattern),
+    _token_gate(_MOVEMENT_RE.pattern, lead="(?<![a-z])"),
     # _YEAR_RE without its look-arounds; the month-year pattern's month names may start inside a word.
-    (_GATE_YEAR, re.compile(r"19[3-9]\d|20[0-3]\d")),
-    (_GATE_MONTH_YEAR, _token_gate(_MONTH_YEAR_RE.pattern)),
+    re.compile(r"19[3-9]\d|20[0-3]\d"),
+    _token_gate(_MONTH_YEAR_RE.pattern),
 ]
+_Offsets = tuple[tuple[int, ...], ...]  # per scan, the offsets inside a token where a match may start
+_SHUT: _Offsets = ((),) * len(_GATE_RES)  # most tokens: no scan can start a match in them
+_UNGATED = [scan for scan, rx in enumerate(_GATE_RES) if rx is None]  # none on CPython: scanned everywhere
+# Token -> its offsets, worked out on first sight (bounded like the lru caches); a plain dict read with .get,
+# which the compiled build reads without a method call per token.
+_GATES: dict[str, _Offsets] = {}
 
 
-# Token -> the gates it opens, worked out on first sight (bounded like the lru caches). A plain dict read with
-# .get: the compiled build reads it without a method call per token.
-_GATES: dict[str, int] = {}
-
-
-def _token_gates(token: str) -> int:
-    """The gates one token opens (see _GATE_RES), remembered for the next time it is seen."""
-    mask = 0
-    for bit, rx in _GATE_RES:
-        if rx is None or rx.search(token) is not None:
-            mask |= bit
+def _token_gates(token: str) -> _Offsets:
+    """Where each scan may start a match inside one token (see _GATE_RES), remembered for the next time."""
+    offsets: list[tuple[int, ...]] = []
+    for rx in _GATE_RES:
+        found: list[int] = []
+        m = rx.search(token) if rx is not None else None
+        while m is not None:  # every offset, overlapping ones too: one search from each start + 1
+            found.append(m.start())
+            m = rx.search(token, m.start() + 1)  # type: ignore[union-attr]
+        offsets.append(tuple(found))
+    result = tuple(offsets) if any(offsets) else _SHUT
     if len(_GATES) > _KNOWN_TOKENS_MAX:
         _GATES.clear()
-    _GATES[token] = mask
-    return mask
+    _GATES[token] = result
+    return result
 
 
-def _span_gates(span: str) -> int:
-    """The gates the tokens of a span open together."""
-    mask = 0
+def _span_starts(span: str) -> list[list[int] | None]:
+    """Per scan, the positions of the span where a match may start, in order (None: anywhere).
+
+    A match begins with a cut prefix that lies inside one whitespace token (see _token_gate), so only the
+    tokens whose offsets say so are located in the span; a scan tried at just these positions finds what it
+    finds over the whole span, and one with none finds nothing.
+    """
+    condition: list[int] = []
+    box_papers: list[int] = []
+    movement: list[int] = []
+    year: list[int] = []
+    month_year: list[int] = []
     known = _GATES
+    find, n, pos = span.find, len(span), 0
     for token in span.split():
-        gates = known.get(token)
-        mask |= _token_gates(token) if gates is None else gates
-        if mask == _GATE_ALL:
-            break
-    return mask
+        offsets = known.get(token)
+        if offsets is None:
+            offsets = _token_gates(token)
+        if offsets is _SHUT:
+            continue
+        # Locate the token as _token_starts does: its first occurrence from `pos` standing alone.
+        size = len(token)
+        at = find(token, pos)
+        while (at and not span[at - 1].isspace()) or (at + size < n and not span[at + size].isspace()):
+            at = find(token, at + 1)
+        pos = at + size
+        in_condition, in_box_papers, in_movement, in_year, in_month_year = offsets
+        for o in in_condition:
+            condition.append(at + o)
+        for o in in_box_papers:
+            box_papers.append(at + o)
+        for o in in_movement:
+            movement.append(at + o)
+        for o in in_year:
+            year.append(at + o)
+        for o in in_month_year:
+            month_year.append(at + o)
+    starts: list[list[int] | None] = [condition, box_papers, movement, year, month_year]
+    for scan in _UNGATED:
+        starts[scan] = None
+    return starts
 
 
 def _collapse_ws(text: str) -> str:
@@ -1055,10 +1118,10 @@ class _Collapsed:
         return self._text[key]
 
 
-def _condition(span: str, original: str | _Collapsed) -> Condition | None:
+def _condition(span: str, original: str | _Collapsed, starts: list[int] | None = None) -> Condition | None:
     """The stated condition; None when the dealer offers alternatives ('new or like new')."""
     hits: list[tuple[int, int, str]] = []
-    for m in _CONDITION_RE.finditer(span):
+    for m in _CONDITION_RE.finditer_at(span, starts):
         kind = m.lastgroup
         word = m.group()
         if kind == "new" and word == "new" and _NOT_NEW_RE.match(span, m.start()):
@@ -1094,11 +1157,11 @@ def _near_watch_word(span: str, m: re.Match[str]) -> bool:
     return not re.search(r"(?:un|never|not)\s*$", span[max(0, m.start() - 7) : m.start()])
 
 
-def _box_papers(span: str) -> tuple[bool | None, bool | None]:
+def _box_papers(span: str, starts: list[int] | None = None) -> tuple[bool | None, bool | None]:
     """(box, papers): True when said present, False when said absent, None when unsaid; absence wins."""
     box: bool | None = None
     papers: bool | None = None
-    for m in _BOX_PAPERS_RE.finditer(span):
+    for m in _BOX_PAPERS_RE.finditer_at(span, starts):
         kind = m.lastgroup
         if _OK_AFTER_RE.match(span, m.end()):
             continue
@@ -1129,34 +1192,34 @@ def _box_papers(span: str) -> tuple[bool | None, bool | None]:
     return box, papers
 
 
-def _year(span: str, gates: int = _GATE_ALL) -> int | None:
+def _year(span: str, year_starts: list[int] | None = None, month_starts: list[int] | None = None) -> int | None:
     """The production or card year: '2018', 'carte 2021', '05/2022', '4/25'; not ranges like '2019-2021'.
 
-    `gates` from _span_gates: a year or month-year scan whose gate is shut would find nothing.
+    `year_starts` and `month_starts` from _span_starts: where a year or a month-year may start (None: anywhere).
     """
     ranges: list[tuple[int, int]] | None = None  # year ranges, found only once a year is seen
     best: tuple[int, int] | None = None
-    m = _YEAR_RE.search(span) if gates & _GATE_YEAR else None
-    while m is not None:
+    after = 0  # as finditer: the next year is looked for after the last one
+    for p in year_starts if year_starts is not None else range(len(span)):
+        if p < after or (m := _YEAR_RE.match(span, p)) is None:
+            continue
+        after = m.end()
         if ranges is None:
             ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
         if any(s <= m.start() < e for s, e in ranges) or _YEAR_SKIP_BEFORE_RE.search(
             span[max(0, m.start() - 22) : m.start()]
         ):
-            m = _YEAR_RE.search(span, m.end())
             continue
         best = (m.start(), int(m.group("y")))
         break
-    # Every month-year has "/" and two digits, or a year after a dot or a space: without one, skip the scan.
     # The first usable month-year wins only if it comes before the year found above: stop looking past it.
     limit = best[0] if best is not None else None
-    month_year = gates & _GATE_MONTH_YEAR and _MONTH_YEAR_HINT_RE.search(span) is not None
-    m = _MONTH_YEAR_RE.search(span, 0, limit) if month_year else None
+    m = _MONTH_YEAR_RE.search_at(span, month_starts, 0, limit) if month_starts != [] else None
     while m is not None:
         if ranges is None:
             ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
         if any(s <= m.start() < e for s, e in ranges):
-            m = _MONTH_YEAR_RE.search(span, m.end(), limit)
+            m = _MONTH_YEAR_RE.search_at(span, month_starts, m.end(), limit)
             continue
         raw = m.group("y") or m.group("y2") or m.group("y3")
         if len(raw) == 2:
@@ -1165,7 +1228,7 @@ def _year(span: str, gates: int = _GATE_ALL) -> int | None:
         else:
             year = int(raw)
         if not _YEAR_MIN <= year <= _YEAR_MAX:
-            m = _MONTH_YEAR_RE.search(span, m.end(), limit)
+            m = _MONTH_YEAR_RE.search_at(span, month_starts, m.end(), limit)
             continue
         best = (m.start(), year)
         break
@@ -1177,8 +1240,8 @@ def _size(span: str) -> float | None:
     return float(m.group("s").replace(",", ".")) if m else None
 
 
-def _movement(span: str) -> Movement | None:
-    m = _MOVEMENT_RE.search(span)
+def _movement(span: str, starts: list[int] | None = None) -> Movement | None:
+    m = _MOVEMENT_RE.search_at(span, starts)
     return m.lastgroup if m else None  # type: ignore[return-value]
 
 
@@ -1396,16 +1459,17 @@ def _attrs(span_folded: str, span_original: str, prices: list[_Price], offset: i
     if "\n" in masked or "  " in masked:
         masked = _collapse_ws(masked)
         original = _Collapsed(span_original)
-    gates = _span_gates(masked)
-    if gates & _GATE_CONDITION:
-        a.condition = _condition(masked, original)
-    if gates & (_GATE_YEAR | _GATE_MONTH_YEAR):
-        a.year = _year(masked, gates)
+    # Each scan runs only where its matches may start: in most spans that is nowhere for most of them.
+    starts = _span_starts(masked)
+    if starts[_CONDITION] != []:
+        a.condition = _condition(masked, original, starts[_CONDITION])
+    if starts[_YEAR] != [] or starts[_MONTH_YEAR] != []:
+        a.year = _year(masked, starts[_YEAR], starts[_MONTH_YEAR])
     a.size = _size(masked)
-    if gates & _GATE_MOVEMENT:
-        a.movement = _movement(masked)
-    if gates & _GATE_BOX_PAPERS:
-        a.box, a.papers = _box_papers(masked)
+    if starts[_MOVEMENT] != []:
+        a.movement = _movement(masked, starts[_MOVEMENT])
+    if starts[_BOX_PAPERS] != []:
+        a.box, a.papers = _box_papers(masked, starts[_BOX_PAPERS])
     return a
 
 
