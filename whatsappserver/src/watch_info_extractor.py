@@ -834,6 +834,17 @@ def _ref_in_token(tok: str, i: int) -> _RefMatch:
     return m.end() - i, _classify_reference(m.group("tok"), False)
 
 
+def _locate(text: str, token: str, pos: int) -> int:
+    """Where a whitespace token of `text` stands: its first occurrence from `pos` standing alone between
+    whitespace. Callers go through the tokens in order and skip some; a skipped token has another text, so an
+    occurrence standing alone is the token's own."""
+    size, n = len(token), len(text)
+    at = text.find(token, pos)
+    while (at and not text[at - 1].isspace()) or (at + size < n and not text[at + size].isspace()):
+        at = text.find(token, at + 1)
+    return at
+
+
 def _token_starts(text: str) -> tuple[list[str], list[tuple[int, _RefMatch]], list[int]]:
     """The whitespace tokens of the text and where reference candidates and aliases may start, in order.
 
@@ -845,16 +856,14 @@ def _token_starts(text: str) -> tuple[list[str], list[tuple[int, _RefMatch]], li
     ref_starts: list[tuple[int, _RefMatch]] = []
     alias_starts: list[int] = []
     table = _MENTION_STARTS
-    find, n, pos = text.find, len(text), 0
-    for tok in filter(table.__contains__, tokens):
-        # Locate the token: its first occurrence from `pos` standing alone between whitespace. The tokens
-        # filtered out have other texts, so an occurrence standing alone is one of this token's own.
-        size = len(tok)
-        s = find(tok, pos)
-        while (s and not text[s - 1].isspace()) or (s + size < n and not text[s + size].isspace()):
-            s = find(tok, s + 1)
-        pos = s + size
-        refs, aliases = table[tok]
+    pos = 0
+    for tok in tokens:
+        entry = table.get(tok)
+        if entry is None:  # most tokens: nothing can start in them
+            continue
+        s = _locate(text, tok, pos)
+        pos = s + len(tok)
+        refs, aliases = entry
         for o, found in refs:
             ref_starts.append((s + o, found))
         for o in aliases:
@@ -1009,85 +1018,6 @@ def _token_gate(pattern: str, lead: str = "") -> re.Pattern[str] | None:
             return None  # a match may start with whitespace, or with anything
         cut.add(tuple(atoms))
     return re.compile(lead + _atom_trie(sorted(cut)))
-
-
-# The scans a span may need, in the order _span_starts lists their start positions.
-_CONDITION, _BOX_PAPERS, _MOVEMENT, _YEAR, _MONTH_YEAR = range(5)
-# Per scan, a regex that matches inside a token at every offset where a match of the scan may start there.
-_GATE_RES: list[re.Pattern[str] | None] = [
-    _token_gate(_CONDITION_RE.pattern, lead="(?<![a-z])"),  # as every alternative
-    _token_gate(_BOX_PAPERS_RE.pattern),
-    _token_gate(_MOVEMENT_RE.pattern, lead="(?<![a-z])"),
-    # _YEAR_RE without its look-arounds; the month-year pattern's month names may start inside a word.
-    re.compile(r"19[3-9]\d|20[0-3]\d"),
-    _token_gate(_MONTH_YEAR_RE.pattern),
-]
-_Offsets = tuple[tuple[int, ...], ...]  # per scan, the offsets inside a token where a match may start
-_SHUT: _Offsets = ((),) * len(_GATE_RES)  # most tokens: no scan can start a match in them
-_UNGATED = [scan for scan, rx in enumerate(_GATE_RES) if rx is None]  # none on CPython: scanned everywhere
-# Token -> its offsets, worked out on first sight (bounded like the lru caches); a plain dict read with .get,
-# which the compiled build reads without a method call per token.
-_GATES: dict[str, _Offsets] = {}
-
-
-def _token_gates(token: str) -> _Offsets:
-    """Where each scan may start a match inside one token (see _GATE_RES), remembered for the next time."""
-    offsets: list[tuple[int, ...]] = []
-    for rx in _GATE_RES:
-        found: list[int] = []
-        m = rx.search(token) if rx is not None else None
-        while m is not None:  # every offset, overlapping ones too: one search from each start + 1
-            found.append(m.start())
-            m = rx.search(token, m.start() + 1)  # type: ignore[union-attr]
-        offsets.append(tuple(found))
-    result = tuple(offsets) if any(offsets) else _SHUT
-    if len(_GATES) > _KNOWN_TOKENS_MAX:
-        _GATES.clear()
-    _GATES[token] = result
-    return result
-
-
-def _span_starts(span: str) -> list[list[int] | None]:
-    """Per scan, the positions of the span where a match may start, in order (None: anywhere).
-
-    A match begins with a cut prefix that lies inside one whitespace token (see _token_gate), so only the
-    tokens whose offsets say so are located in the span; a scan tried at just these positions finds what it
-    finds over the whole span, and one with none finds nothing.
-    """
-    condition: list[int] = []
-    box_papers: list[int] = []
-    movement: list[int] = []
-    year: list[int] = []
-    month_year: list[int] = []
-    known = _GATES
-    find, n, pos = span.find, len(span), 0
-    for token in span.split():
-        offsets = known.get(token)
-        if offsets is None:
-            offsets = _token_gates(token)
-        if offsets is _SHUT:
-            continue
-        # Locate the token as _token_starts does: its first occurrence from `pos` standing alone.
-        size = len(token)
-        at = find(token, pos)
-        while (at and not span[at - 1].isspace()) or (at + size < n and not span[at + size].isspace()):
-            at = find(token, at + 1)
-        pos = at + size
-        in_condition, in_box_papers, in_movement, in_year, in_month_year = offsets
-        for o in in_condition:
-            condition.append(at + o)
-        for o in in_box_papers:
-            box_papers.append(at + o)
-        for o in in_movement:
-            movement.append(at + o)
-        for o in in_year:
-            year.append(at + o)
-        for o in in_month_year:
-            month_year.append(at + o)
-    starts: list[list[int] | None] = [condition, box_papers, movement, year, month_year]
-    for scan in _UNGATED:
-        starts[scan] = None
-    return starts
 
 
 def _collapse_ws(text: str) -> str:
@@ -1280,16 +1210,19 @@ _INTENT_WINDOW = (
 )
 
 
-def _intent(folded: str) -> tuple[MessageType | None, int]:
-    """The first stated intent and where it is; None when the text states none."""
+def _intent(folded: str, starts: list[int] | None = None) -> tuple[MessageType | None, int]:
+    """The first stated intent and where it is; None when the text states none.
+
+    `starts` from _span_starts: where an intent word may start (None: anywhere).
+    """
     if _LEADING_FS_RE.match(folded):
         return "sale", 0
-    m = _INTENT_RE.search(folded)
+    m = _INTENT_RE.search_at(folded, starts)
     while m is not None:  # the first decisive word wins: scan no further than it
         intent = _intent_word(folded, m)
         if intent is not None:
             return intent, m.start()
-        m = _INTENT_RE.search(folded, m.end())
+        m = _INTENT_RE.search_at(folded, starts, m.end())
     return None, -1
 
 
@@ -1325,6 +1258,116 @@ def _intent_word(folded: str, m: re.Match[str]) -> MessageType | None:
                 return None
         return "sale"
     return None
+
+
+# ---------------------------------------------------------------- where each scan may start
+# The scans a span may need, in the order _span_starts lists their start positions.
+_CONDITION, _BOX_PAPERS, _MOVEMENT, _YEAR, _MONTH_YEAR = range(5)
+# Per scan, a regex that matches inside a token at every offset where a match of the scan may start there.
+_GATE_RES: list[re.Pattern[str] | None] = [
+    _token_gate(_CONDITION_RE.pattern, lead="(?<![a-z])"),  # as every alternative
+    _token_gate(_BOX_PAPERS_RE.pattern),
+    _token_gate(_MOVEMENT_RE.pattern, lead="(?<![a-z])"),
+    # _YEAR_RE without its look-arounds; the month-year pattern's month names may start inside a word.
+    re.compile(r"19[3-9]\d|20[0-3]\d"),
+    _token_gate(_MONTH_YEAR_RE.pattern),
+]
+_Offsets = tuple[tuple[int, ...], ...]  # per scan, the offsets inside a token where a match may start
+_SHUT: _Offsets = ((),) * len(_GATE_RES)  # most tokens: no scan can start a match in them
+_UNGATED = [scan for scan, rx in enumerate(_GATE_RES) if rx is None]  # none on CPython: scanned everywhere
+# Token -> its offsets, worked out on first sight (bounded like the lru caches); a plain dict read with .get,
+# which the compiled build reads without a method call per token.
+_GATES: dict[str, _Offsets] = {}
+
+
+def _token_gates(token: str) -> _Offsets:
+    """Where each scan may start a match inside one token (see _GATE_RES), remembered for the next time."""
+    offsets: list[tuple[int, ...]] = []
+    for rx in _GATE_RES:
+        found: list[int] = []
+        m = rx.search(token) if rx is not None else None
+        while m is not None:  # every offset, overlapping ones too: one search from each start + 1
+            found.append(m.start())
+            m = rx.search(token, m.start() + 1)  # type: ignore[union-attr]
+        offsets.append(tuple(found))
+    result = tuple(offsets) if any(offsets) else _SHUT
+    if len(_GATES) > _KNOWN_TOKENS_MAX:
+        _GATES.clear()
+    _GATES[token] = result
+    return result
+
+
+def _span_starts(span: str) -> list[list[int] | None]:
+    """Per scan, the positions of the span where a match may start, in order (None: anywhere).
+
+    A match begins with a cut prefix that lies inside one whitespace token (see _token_gate), so only the
+    tokens whose offsets say so are located in the span; a scan tried at just these positions finds what it
+    finds over the whole span, and one with none finds nothing.
+    """
+    condition: list[int] = []
+    box_papers: list[int] = []
+    movement: list[int] = []
+    year: list[int] = []
+    month_year: list[int] = []
+    known = _GATES
+    pos = 0
+    for token in span.split():
+        offsets = known.get(token)
+        if offsets is None:
+            offsets = _token_gates(token)
+        if offsets is _SHUT:
+            continue
+        at = _locate(span, token, pos)
+        pos = at + len(token)
+        in_condition, in_box_papers, in_movement, in_year, in_month_year = offsets
+        for o in in_condition:
+            condition.append(at + o)
+        for o in in_box_papers:
+            box_papers.append(at + o)
+        for o in in_movement:
+            movement.append(at + o)
+        for o in in_year:
+            year.append(at + o)
+        for o in in_month_year:
+            month_year.append(at + o)
+    starts: list[list[int] | None] = [condition, box_papers, movement, year, month_year]
+    for scan in _UNGATED:
+        starts[scan] = None
+    return starts
+
+
+# Where an intent word may start, for the intent scan, which reads the message's first characters rather than
+# a span: its own table, so the span scans never locate the many tokens holding an intent word's first letters.
+_INTENT_GATE = _token_gate(_INTENT_RE.pattern)  # no lead: only some alternatives have one
+_INTENT_OFFSETS: dict[str, tuple[int, ...]] = {}
+
+
+def _intent_starts(text: str) -> list[int] | None:
+    """Where an intent word may start in the text, in order (None: anywhere)."""
+    if _INTENT_GATE is None:
+        return None
+    starts: list[int] = []
+    known = _INTENT_OFFSETS
+    pos = 0
+    for token in text.split():
+        offsets = known.get(token)
+        if offsets is None:
+            found: list[int] = []
+            m = _INTENT_GATE.search(token)
+            while m is not None:
+                found.append(m.start())
+                m = _INTENT_GATE.search(token, m.start() + 1)
+            offsets = tuple(found)
+            if len(known) > _KNOWN_TOKENS_MAX:
+                known.clear()
+            known[token] = offsets
+        if not offsets:
+            continue
+        at = _locate(text, token, pos)
+        pos = at + len(token)
+        for o in offsets:
+            starts.append(at + o)
+    return starts
 
 
 def classify_message(text: str) -> MessageType:
@@ -1604,7 +1647,8 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
             kept.append(m)
     groups = _group_mentions(kept, line_starts, line_has_price)
 
-    intent, _pos = _intent(folded[:_INTENT_WINDOW])
+    window = folded[:_INTENT_WINDOW]
+    intent, _pos = _intent(window, _intent_starts(window))
     has_question = "?" in folded
     if intent == "other":
         return _info("other", 0.6, [])
