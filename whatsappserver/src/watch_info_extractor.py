@@ -1210,19 +1210,16 @@ _INTENT_WINDOW = (
 )
 
 
-def _intent(folded: str, starts: list[int] | None = None) -> tuple[MessageType | None, int]:
-    """The first stated intent and where it is; None when the text states none.
-
-    `starts` from _span_starts: where an intent word may start (None: anywhere).
-    """
+def _intent(folded: str) -> tuple[MessageType | None, int]:
+    """The first stated intent and where it is; None when the text states none."""
     if _LEADING_FS_RE.match(folded):
         return "sale", 0
-    m = _INTENT_RE.search_at(folded, starts)
+    m = _INTENT_RE.search(folded)
     while m is not None:  # the first decisive word wins: scan no further than it
         intent = _intent_word(folded, m)
         if intent is not None:
             return intent, m.start()
-        m = _INTENT_RE.search_at(folded, starts, m.end())
+        m = _INTENT_RE.search(folded, m.end())
     return None, -1
 
 
@@ -1333,40 +1330,6 @@ def _span_starts(span: str) -> list[list[int] | None]:
     starts: list[list[int] | None] = [condition, box_papers, movement, year, month_year]
     for scan in _UNGATED:
         starts[scan] = None
-    return starts
-
-
-# Where an intent word may start, for the intent scan, which reads the message's first characters rather than
-# a span: its own table, so the span scans never locate the many tokens holding an intent word's first letters.
-_INTENT_GATE = _token_gate(_INTENT_RE.pattern)  # no lead: only some alternatives have one
-_INTENT_OFFSETS: dict[str, tuple[int, ...]] = {}
-
-
-def _intent_starts(text: str) -> list[int] | None:
-    """Where an intent word may start in the text, in order (None: anywhere)."""
-    if _INTENT_GATE is None:
-        return None
-    starts: list[int] = []
-    known = _INTENT_OFFSETS
-    pos = 0
-    for token in text.split():
-        offsets = known.get(token)
-        if offsets is None:
-            found: list[int] = []
-            m = _INTENT_GATE.search(token)
-            while m is not None:
-                found.append(m.start())
-                m = _INTENT_GATE.search(token, m.start() + 1)
-            offsets = tuple(found)
-            if len(known) > _KNOWN_TOKENS_MAX:
-                known.clear()
-            known[token] = offsets
-        if not offsets:
-            continue
-        at = _locate(text, token, pos)
-        pos = at + len(token)
-        for o in offsets:
-            starts.append(at + o)
     return starts
 
 
@@ -1647,8 +1610,7 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
             kept.append(m)
     groups = _group_mentions(kept, line_starts, line_has_price)
 
-    window = folded[:_INTENT_WINDOW]
-    intent, _pos = _intent(window, _intent_starts(window))
+    intent, _pos = _intent(folded[:_INTENT_WINDOW])
     has_question = "?" in folded
     if intent == "other":
         return _info("other", 0.6, [])
