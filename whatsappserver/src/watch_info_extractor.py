@@ -24,7 +24,7 @@ import bisect
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from operator import attrgetter
 
@@ -500,15 +500,21 @@ _LEAD_LETTERS_RE = re.compile(r"^[A-Z]+")
 _YEAR_MIN, _YEAR_MAX = 1930, 2030
 
 
-@dataclass(slots=True)
+# The small records below are plain classes with their own __init__, not dataclasses: the compiled build makes
+# them native, while a dataclass's generated __init__ would stay interpreted Python (~2,000 instructions a call).
 class _Ref:
-    start: int
-    end: int
-    ref: str
-    brand: str | None
-    family: str | None
-    needs_context: bool  # a bare 4-digit number: only a reference if its brand is named nearby
-    exact: bool  # found in the catalogue (not only by shape)
+    __slots__ = ("brand", "end", "exact", "family", "needs_context", "ref", "start")
+
+    def __init__(
+        self, start: int, end: int, ref: str, brand: str | None, family: str | None, needs_context: bool, exact: bool
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.ref = ref
+        self.brand = brand
+        self.family = family
+        self.needs_context = needs_context  # a bare 4-digit number: only a reference if its brand is named nearby
+        self.exact = exact  # found in the catalogue (not only by shape)
 
 
 @lru_cache(maxsize=65536)
@@ -871,14 +877,18 @@ def _token_starts(text: str) -> tuple[list[str], list[tuple[int, _RefMatch]], li
     return tokens, ref_starts, alias_starts
 
 
-@dataclass(slots=True)
 class _Mention:
-    start: int
-    end: int
-    brand: str | None
-    family: str | None
-    weak: bool
-    ref: _Ref | None = None
+    __slots__ = ("brand", "end", "family", "ref", "start", "weak")
+
+    def __init__(
+        self, start: int, end: int, brand: str | None, family: str | None, weak: bool, ref: _Ref | None = None
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.brand = brand
+        self.family = family
+        self.weak = weak
+        self.ref = ref
 
 
 def _find_alias_mentions(
@@ -1339,19 +1349,24 @@ def classify_message(text: str) -> MessageType:
 
 
 # ---------------------------------------------------------------- grouping mentions into watches
-@dataclass(slots=True)
 class _Group:
-    mentions: list[_Mention] = field(default_factory=list)
-    brand: str | None = None
-    brand_weak: bool = True
-    family: str | None = None
-    family_weak: bool = True
-    ref: _Ref | None = None
-    first_line: int = 0
-    last_line: int = 0
-    start: int = 0
-    counterpart: bool = False
-    firm: bool = False  # some mention is not weak (tracked in add, so grouping needs no second pass)
+    __slots__ = (
+        "brand", "brand_weak", "counterpart", "family", "family_weak", "firm", "first_line", "last_line",
+        "mentions", "ref", "start",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.mentions: list[_Mention] = []
+        self.brand: str | None = None
+        self.brand_weak = True
+        self.family: str | None = None
+        self.family_weak = True
+        self.ref: _Ref | None = None
+        self.first_line = 0
+        self.last_line = 0
+        self.start = 0
+        self.counterpart = False
+        self.firm = False  # some mention is not weak (tracked in add, so grouping needs no second pass)
 
     def compatible(self, m: _Mention) -> bool:
         if m.ref is not None:
@@ -1430,15 +1445,17 @@ def _group_mentions(
 
 
 # ---------------------------------------------------------------- the extractor
-@dataclass(slots=True)
 class _Attrs:
-    price: _Price | None = None
-    condition: Condition | None = None
-    year: int | None = None
-    size: float | None = None
-    movement: Movement | None = None
-    box: bool | None = None
-    papers: bool | None = None
+    __slots__ = ("box", "condition", "movement", "papers", "price", "size", "year")
+
+    def __init__(self) -> None:
+        self.price: _Price | None = None
+        self.condition: Condition | None = None
+        self.year: int | None = None
+        self.size: float | None = None
+        self.movement: Movement | None = None
+        self.box: bool | None = None
+        self.papers: bool | None = None
 
 
 def _price_start(p: _Price) -> int:
