@@ -390,7 +390,11 @@ def test_token_starts_find_what_finditer_finds(text: str) -> None:
                 resume = m.end()
         assert got == [(m.span(), m.groups()) for m in rx.finditer(text)]
     # Candidates worked out on their token alone are the ones matched in the text.
-    assert wie._find_refs(text, ref_starts) == wie._find_refs(text, [(p, None) for p in ref_positions])
+    def refs(starts: list) -> list[tuple]:
+        fields = ("start", "end", "ref", "brand", "family", "needs_context", "exact")
+        return [tuple(getattr(r, f) for f in fields) for r in wie._find_refs(text, starts)]
+
+    assert refs(ref_starts) == refs([(p, None) for p in ref_positions])
 
 
 @settings(max_examples=300, deadline=None)
