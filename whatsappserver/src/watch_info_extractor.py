@@ -891,14 +891,20 @@ class _Mention:
         self.ref = ref
 
 
+def _covers(spans: list[tuple[int, int]], i: int) -> bool:
+    """Whether position i lies in one of the spans."""
+    for start, end in spans:
+        if start <= i < end:
+            return True
+    return False
+
+
 def _find_alias_mentions(
     folded: str, original: str, taken: list[tuple[int, int]], starts: list[int], tokens: list[str]
 ) -> list[_Mention]:
     """Brand and family names (exact aliases, then misspellings); `starts` and `tokens` from _token_starts."""
     out: list[_Mention] = []
-    covered = bytearray(len(folded) + 1)
-    for ts, te in taken:
-        covered[ts:te] = b"\x01" * (te - ts)
+    covered = list(taken)  # spans of the references, then of the aliases found: a handful
     match = _ALIAS_RE.match
     after = 0  # as in _find_refs: resume after the last match, as finditer does
     for p in starts:
@@ -906,7 +912,7 @@ def _find_alias_mentions(
             continue
         s, e = m.span()
         after = e
-        if covered[s] or covered[e - 1]:
+        if _covers(covered, s) or _covers(covered, e - 1):
             continue
         key = m.group()
         if not key.isalnum():  # only aliases of several words can hold whitespace (maybe a newline)
@@ -917,14 +923,14 @@ def _find_alias_mentions(
         if alias.upper_only and not original[s:e].isupper():
             continue
         out.append(_Mention(s, e, alias.brand, alias.family, alias.weak))
-        covered[s:e] = b"\x01" * (e - s)
+        covered.append((s, e))
     # Most words are no misspelt alias: look each distinct word up once and walk positions only for hits.
     fuzzy = _fuzzy_words(tokens)
     for m in _WORD_RE.finditer(folded) if fuzzy else ():
         if m.group() not in fuzzy:
             continue
         s, e = m.span()
-        if covered[s] or covered[e - 1]:
+        if _covers(covered, s) or _covers(covered, e - 1):
             continue
         if (s > 0 and folded[s - 1].isalnum()) or (e < len(folded) and folded[e].isalnum()):
             continue
