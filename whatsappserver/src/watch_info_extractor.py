@@ -1036,9 +1036,13 @@ def _token_gate(pattern: str, lead: str = "") -> re.Pattern[str] | None:
     return re.compile(lead + _atom_trie(sorted(cut)))
 
 
-def _collapse_ws(text: str) -> str:
-    r"""re.sub(r"\s+", " ", text) by str.split, which splits on the same whitespace, several times faster."""
-    words = text.split()
+def _collapse_ws(text: str, words: list[str] | None = None) -> str:
+    r"""re.sub(r"\s+", " ", text) by str.split, which splits on the same whitespace, several times faster.
+
+    `words`, when the caller has them, are text.split().
+    """
+    if words is None:
+        words = text.split()
     if not words:
         return " " if text else ""
     out = " ".join(words)
@@ -1310,7 +1314,7 @@ def _token_gates(token: str) -> _Offsets:
     return result
 
 
-def _span_starts(span: str) -> list[list[int] | None]:
+def _span_starts(span: str, tokens: list[str] | None = None) -> list[list[int] | None]:
     """Per scan, the positions of the span where a match may start, in order (None: anywhere).
 
     A match begins with a cut prefix that lies inside one whitespace token (see _token_gate), so only the
@@ -1324,7 +1328,7 @@ def _span_starts(span: str) -> list[list[int] | None]:
     month_year: list[int] = []
     known = _GATES
     pos = 0
-    for token in span.split():
+    for token in tokens if tokens is not None else span.split():
         offsets = known.get(token)
         if offsets is None:
             offsets = _token_gates(token)
@@ -1485,11 +1489,12 @@ def _attrs(span_folded: str, span_original: str, prices: list[_Price], offset: i
         s, e = p.start - offset, min(p.end, end) - offset
         masked = masked[:s] + " " * (e - s) + masked[e:]
     original: str | _Collapsed = span_original
+    tokens = masked.split()  # collapsing keeps them as they are
     if "\n" in masked or "  " in masked:
-        masked = _collapse_ws(masked)
+        masked = _collapse_ws(masked, tokens)
         original = _Collapsed(span_original)
     # Each scan runs only where its matches may start: in most spans that is nowhere for most of them.
-    starts = _span_starts(masked)
+    starts = _span_starts(masked, tokens)
     if starts[_CONDITION] != []:
         a.condition = _condition(masked, original, starts[_CONDITION])
     if starts[_YEAR] != [] or starts[_MONTH_YEAR] != []:
