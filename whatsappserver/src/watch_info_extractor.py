@@ -24,7 +24,6 @@ import bisect
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from operator import attrgetter
 
@@ -345,14 +344,20 @@ _EXTRA_BEFORE_RE = _Scanner(
 _EXTRA_AFTER_RE = re.compile(r"^\s{0,2}(?:de port|d'envoi|shipping|pour reserver|deposit|de frais|fee)")
 
 
-@dataclass(slots=True)
+# The small records of this module are plain classes with their own __init__, not dataclasses: the compiled
+# build makes them native, while a dataclass's generated __init__ would stay interpreted (~2,000 instructions).
 class _Price:
-    start: int
-    end: int
-    amount: float
-    currency: str | None
-    extra: bool  # shipping, deposit, "+ label": not the watch's asking price
-    scaled_k: bool
+    __slots__ = ("amount", "currency", "end", "extra", "scaled_k", "start")
+
+    def __init__(
+        self, start: int, end: int, amount: float, currency: str | None, extra: bool, scaled_k: bool
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.amount = amount
+        self.currency = currency
+        self.extra = extra  # shipping, deposit, "+ label": not the watch's asking price
+        self.scaled_k = scaled_k
 
 
 @lru_cache(maxsize=65536)
@@ -500,9 +505,7 @@ _LEAD_LETTERS_RE = re.compile(r"^[A-Z]+")
 _YEAR_MIN, _YEAR_MAX = 1930, 2030
 
 
-# The small records below are plain classes with their own __init__, not dataclasses: the compiled build makes
-# them native, while a dataclass's generated __init__ would stay interpreted Python (~2,000 instructions a call).
-class _Ref:
+class _Ref:  # a plain class, not a dataclass: see _Price
     __slots__ = ("brand", "end", "exact", "family", "needs_context", "ref", "start")
 
     def __init__(
@@ -713,6 +716,9 @@ def _trie_regex(words: list[str]) -> str:
 
 
 _ALIASES = CATALOG.aliases
+# Catalogue tables read on every message, bound once (the compiled build reads a module global directly).
+_FAMILY_BRAND = CATALOG.family_brand
+_LUXURY_BRANDS = CATALOG.luxury_brands
 _ALIAS_RE = re.compile(
     r"(?<![a-z0-9])(?:" + _trie_regex(sorted(_ALIASES, key=len, reverse=True)) + r")(?![a-z0-9])"
 )
@@ -1156,7 +1162,7 @@ def _year(span: str, year_starts: list[int] | None = None, month_starts: list[in
         after = m.end()
         if ranges is None:
             ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
-        if any(s <= m.start() < e for s, e in ranges) or _YEAR_SKIP_BEFORE_RE.search(
+        if _covers(ranges, m.start()) or _YEAR_SKIP_BEFORE_RE.search(
             span[max(0, m.start() - 22) : m.start()]
         ):
             continue
@@ -1168,7 +1174,7 @@ def _year(span: str, year_starts: list[int] | None = None, month_starts: list[in
     while m is not None:
         if ranges is None:
             ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
-        if any(s <= m.start() < e for s, e in ranges):
+        if _covers(ranges, m.start()):
             m = _MONTH_YEAR_RE.search_at(span, month_starts, m.end(), limit)
             continue
         raw = m.group("y") or m.group("y2") or m.group("y3")
@@ -1559,7 +1565,7 @@ def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Menti
 def _scale_prices(prices: list[_Price], brands: set[str]) -> None:
     """'$288.5' in a list of six-figure watches means 288,500: dealers drop the k."""
     big = any(p.amount >= 10_000 for p in prices)
-    luxury = bool(brands & CATALOG.luxury_brands)
+    luxury = bool(brands & _LUXURY_BRANDS)
     for p in prices:
         if p.amount < 1000 and (luxury or big) and p.currency is not None and not p.extra:
             p.amount = round(p.amount * 1000, 2)
@@ -1751,14 +1757,14 @@ def _listing(
 ) -> WatchListing:
     brand = g.brand or default_brand
     if brand is None and g.family:
-        brand = CATALOG.family_brand.get(g.family)
+        brand = _FAMILY_BRAND.get(g.family)
     family = g.family
     ref = g.ref
     if ref is not None and ref.family and (ref.brand is None or ref.brand == brand):
         family = ref.family
     elif ref is not None and ref.brand and ref.brand == brand and ref.family is None and ref.exact:
         family = g.family if not g.family_weak else g.family
-    if brand and family and CATALOG.family_brand.get(family, brand) != brand and ref is None:
+    if brand and family and _FAMILY_BRAND.get(family, brand) != brand and ref is None:
         family = family if g.brand is None else family
     if brand == "Richard Mille":
         family = None
@@ -1807,7 +1813,7 @@ def find_brands(text: str) -> list[str]:
     _original, _folded, _prices, _refs, mentions = _analyse(text)
     seen: list[str] = []
     for m in mentions:
-        brand = m.brand or (CATALOG.family_brand.get(m.family) if m.family else None)
+        brand = m.brand or (_FAMILY_BRAND.get(m.family) if m.family else None)
         if brand and brand not in seen:
             seen.append(brand)
     return seen
@@ -1834,7 +1840,7 @@ def canonical_model(text: str, brand: str | None = None) -> str | None:
         family = m.family or (m.ref.family if m.ref else None)
         if not family:
             continue
-        fam_brand = m.brand or CATALOG.family_brand.get(family)
+        fam_brand = m.brand or _FAMILY_BRAND.get(family)
         if brand is not None and fam_brand != brand:
             continue
         if not m.weak:
