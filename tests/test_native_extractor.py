@@ -31,6 +31,11 @@ def _dev_texts() -> list[str]:
     return texts + lines + [t.upper() for t in texts] + ["\n".join(texts[i : i + 4]) for i in range(0, 150, 4)]
 
 
+def test_a_current_build_imports() -> None:
+    # A build made from these sources must load: one that fails at import would silently leave pure Python.
+    assert native is not None or not native_extractor.is_current()
+
+
 def test_the_serving_extractor_is_the_current_build_when_there_is_one() -> None:
     compiled = native is not None
     assert serving.IMPLEMENTATION == ("mypyc" if compiled else "python")

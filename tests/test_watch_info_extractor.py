@@ -450,3 +450,14 @@ def test_scans_from_span_starts_find_what_whole_scans_find(text: str) -> None:
     assert {m.start() for m in wie._YEAR_RE.finditer(span)} <= set(year_starts)
     assert wie._year(span, year_starts, starts[wie._MONTH_YEAR]) == wie._year(span)
 
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.lists(_SCAN_PIECES, max_size=60).map("".join), st.text(max_size=200)))
+def test_intent_scan_from_its_starts_finds_what_the_whole_scan_finds(text: str) -> None:
+    from src import watch_info_extractor as wie
+
+    for window in (wie._fold(text)[: wie._INTENT_WINDOW], text):
+        expected = [(m.span(), m.lastgroup) for m in re.compile(wie._INTENT_RE.pattern).finditer(window)]
+        starts = wie._intent_starts(window)
+        assert [(m.span(), m.lastgroup) for m in wie._INTENT_RE.finditer_at(window, starts)] == expected
+        assert wie._intent(window, starts) == wie._intent(window)

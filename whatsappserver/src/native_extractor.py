@@ -60,7 +60,7 @@ def load() -> ModuleType | None:
     try:
         return importlib.import_module(NATIVE_MODULE)
     except Exception as exc:  # a build for another platform, a missing runtime library...: fall back
-        logger.debug("compiled extractor not loaded: %s: %s", type(exc).__name__, exc)
+        logger.warning("compiled extractor not loaded (%s: %s): pure Python serves", type(exc).__name__, exc)
         return None
 
 

@@ -26,6 +26,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from operator import attrgetter
+from typing import Any
 
 from rapidfuzz import fuzz, process
 
@@ -99,14 +100,28 @@ def _class_chars(items: list) -> str | None:
     return "".join(chars) if len(chars) <= 12 else None
 
 
-def _prefixes(items: list, prefix: tuple[str, ...], k: int, out: set[tuple[str, ...]]) -> None:
-    """Collect every sequence of up to k atoms a match of `items` can begin with (a superset, never fewer)."""
+def _lookbehind_atom(sub: Any) -> str | None:  # an re._parser.SubPattern
+    """A negative lookbehind on one plain class that whitespace passes, as regex source; else None."""
+    items = list(sub)
+    if len(items) != 1 or items[0][0] is not _sre_c.IN:
+        return None
+    atom = _class_atom(items[0][1])
+    return None if atom is None or re.search(atom, _SPLIT_WS) else f"(?<!{atom})"
+
+
+def _prefixes(
+    items: list, prefix: tuple[str, ...], k: int, out: set[tuple[str, ...]], lookbehinds: bool = False
+) -> None:
+    """Collect every sequence of up to k atoms a match of `items` can begin with (a superset, never fewer).
+
+    With `lookbehinds`, a leading negative lookbehind on a class is kept as a zero-width first atom.
+    """
     if len(prefix) >= k or not items or len(out) > _MAX_PREFIXES:
         out.add(prefix)
         return
     (op, av), rest = items[0], items[1:]
     if op is _sre_c.LITERAL:
-        _prefixes(rest, (*prefix, re.escape(chr(av))), k, out)
+        _prefixes(rest, (*prefix, re.escape(chr(av))), k, out, lookbehinds)
     elif op is _sre_c.IN:
         chars = _class_chars(av)
         atom = _class_atom(av)
@@ -114,22 +129,24 @@ def _prefixes(items: list, prefix: tuple[str, ...], k: int, out: set[tuple[str, 
             chars is not None
         ):  # a few plain characters: one literal prefix each keeps the first-character skip
             for ch in chars:
-                _prefixes(rest, (*prefix, re.escape(ch)), k, out)
+                _prefixes(rest, (*prefix, re.escape(ch)), k, out, lookbehinds)
         elif atom is None:
             out.add(prefix)
         else:
-            _prefixes(rest, (*prefix, atom), k, out)
+            _prefixes(rest, (*prefix, atom), k, out, lookbehinds)
     elif op is _sre_c.BRANCH:
         for alt in av[1]:
-            _prefixes(list(alt) + rest, prefix, k, out)
+            _prefixes(list(alt) + rest, prefix, k, out, lookbehinds)
     elif op is _sre_c.SUBPATTERN and not av[1] and not av[2]:  # a group without inline flags
-        _prefixes(list(av[3]) + rest, prefix, k, out)
+        _prefixes(list(av[3]) + rest, prefix, k, out, lookbehinds)
     elif op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
         lo, hi, sub = av
         for n in range(lo, min(hi, lo + k) + 1):
-            _prefixes(list(sub) * n + rest, prefix, k, out)
+            _prefixes(list(sub) * n + rest, prefix, k, out, lookbehinds)
+    elif lookbehinds and not prefix and op is _sre_c.ASSERT_NOT and av[0] == -1 and (lb := _lookbehind_atom(av[1])):
+        _prefixes(rest, (lb,), k + 1, out, lookbehinds)  # zero-width: it takes no place among the k atoms
     elif op in (_sre_c.ASSERT, _sre_c.ASSERT_NOT, _sre_c.AT):  # zero-width: skipping it only widens the set
-        _prefixes(rest, prefix, k, out)
+        _prefixes(rest, prefix, k, out, lookbehinds)
     else:
         out.add(prefix)
 
@@ -1010,19 +1027,20 @@ _SPLIT_WS = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())  # what
 _WS_ATOMS = frozenset(re.escape(ch) for ch in _SPLIT_WS)  # a prefix atom that matches whitespace only
 
 
-def _token_gate(pattern: str, lead: str = "") -> re.Pattern[str] | None:
+def _token_gate(pattern: str, lead: str = "", lookbehinds: bool = False) -> re.Pattern[str] | None:
     """A regex that finds, inside one token, a cut prefix of every match of `pattern`; None if it cannot.
 
     A prefix cut before an atom that matches only whitespace must end its token. `lead`, when given, is an
     assertion on the character before every match of `pattern` (inside a token it sees the same character;
-    at the token's start, whitespace or nothing, which it must accept).
+    at the token's start, whitespace or nothing, which it must accept). With `lookbehinds`, each
+    alternative's own leading lookbehind (one that whitespace passes) is kept the same way.
     """
     if _sre_parser is None:
         return None
     items = list(_sre_parser.parse(pattern))
     for k in (4, 3, 2):
         out: set[tuple[str, ...]] = set()
-        _prefixes(items, (), k, out)
+        _prefixes(items, (), k, out, lookbehinds)
         if len(out) <= _MAX_PREFIXES:
             break
     else:
@@ -1031,12 +1049,16 @@ def _token_gate(pattern: str, lead: str = "") -> re.Pattern[str] | None:
     for prefix in out:
         atoms: list[str] = []
         for atom in prefix:
+            if atom.startswith("(?<!"):  # a kept lookbehind: zero-width, it sees the token as the text
+                atoms.append(atom)
+                continue
             if re.search(atom, _SPLIT_WS):  # a match may leave the token here
                 if atom in _WS_ATOMS:
                     atoms.append(r"\Z")  # and surely does
                 break
             atoms.append(atom)
-        if not atoms or atoms[0] == r"\Z":
+        consuming = [a for a in atoms if not a.startswith("(?<!")]
+        if not consuming or consuming[0] == r"\Z":
             return None  # a match may start with whitespace, or with anything
         cut.add(tuple(atoms))
     return re.compile(lead + _atom_trie(sorted(cut)))
@@ -1236,16 +1258,19 @@ _INTENT_WINDOW = (
 )
 
 
-def _intent(folded: str) -> tuple[MessageType | None, int]:
-    """The first stated intent and where it is; None when the text states none."""
+def _intent(folded: str, starts: list[int] | None = None) -> tuple[MessageType | None, int]:
+    """The first stated intent and where it is; None when the text states none.
+
+    `starts` from _intent_starts: where an intent word may start (None: anywhere).
+    """
     if _LEADING_FS_RE.match(folded):
         return "sale", 0
-    m = _INTENT_RE.search(folded)
+    m = _INTENT_RE.search_at(folded, starts)
     while m is not None:  # the first decisive word wins: scan no further than it
         intent = _intent_word(folded, m)
         if intent is not None:
             return intent, m.start()
-        m = _INTENT_RE.search(folded, m.end())
+        m = _INTENT_RE.search_at(folded, starts, m.end())
     return None, -1
 
 
@@ -1356,6 +1381,41 @@ def _span_starts(span: str, tokens: list[str] | None = None) -> list[list[int] |
     starts: list[list[int] | None] = [condition, box_papers, movement, year, month_year]
     for scan in _UNGATED:
         starts[scan] = None
+    return starts
+
+
+# Where an intent word may start, for the intent scan over the message's first characters: its own table,
+# and a gate that keeps each alternative's word-start lookbehind, so few tokens open it.
+_INTENT_GATE = _token_gate(_INTENT_RE.pattern, lookbehinds=True)
+_INTENT_OFFSETS: dict[str, tuple[int, ...]] = {}
+
+
+def _intent_starts(text: str) -> list[int] | None:
+    """Where an intent word may start in the text, in order (None: anywhere)."""
+    gate = _INTENT_GATE
+    if gate is None:
+        return None
+    starts: list[int] = []
+    known = _INTENT_OFFSETS
+    pos = 0
+    for token in text.split():
+        offsets = known.get(token)
+        if offsets is None:
+            found: list[int] = []
+            m = gate.search(token)
+            while m is not None:
+                found.append(m.start())
+                m = gate.search(token, m.start() + 1)
+            offsets = tuple(found)
+            if len(known) > _KNOWN_TOKENS_MAX:
+                known.clear()
+            known[token] = offsets
+        if not offsets:
+            continue
+        at = _locate(text, token, pos)
+        pos = at + len(token)
+        for o in offsets:
+            starts.append(at + o)
     return starts
 
 
@@ -1644,7 +1704,8 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
             kept.append(m)
     groups = _group_mentions(kept, line_starts, line_has_price)
 
-    intent, _pos = _intent(folded[:_INTENT_WINDOW])
+    window = folded[:_INTENT_WINDOW]
+    intent, _pos = _intent(window, _intent_starts(window))
     has_question = "?" in folded
     if intent == "other":
         return _info("other", 0.6, [])
