@@ -1328,16 +1328,19 @@ _UNGATED = [scan for scan, rx in enumerate(_GATE_RES) if rx is None]  # none on 
 _GATES: dict[str, _Offsets] = {}
 
 
+def _offsets_in(gate: re.Pattern[str], token: str) -> tuple[int, ...]:
+    """Every offset where `gate` matches inside the token, overlapping ones too (one search from each + 1)."""
+    found: list[int] = []
+    m = gate.search(token)
+    while m is not None:
+        found.append(m.start())
+        m = gate.search(token, m.start() + 1)
+    return tuple(found)
+
+
 def _token_gates(token: str) -> _Offsets:
     """Where each scan may start a match inside one token (see _GATE_RES), remembered for the next time."""
-    offsets: list[tuple[int, ...]] = []
-    for rx in _GATE_RES:
-        found: list[int] = []
-        m = rx.search(token) if rx is not None else None
-        while m is not None:  # every offset, overlapping ones too: one search from each start + 1
-            found.append(m.start())
-            m = rx.search(token, m.start() + 1)  # type: ignore[union-attr]
-        offsets.append(tuple(found))
+    offsets = [_offsets_in(rx, token) if rx is not None else () for rx in _GATE_RES]
     result = tuple(offsets) if any(offsets) else _SHUT
     if len(_GATES) > _KNOWN_TOKENS_MAX:
         _GATES.clear()
@@ -1401,12 +1404,7 @@ def _intent_starts(text: str) -> list[int] | None:
     for token in text.split():
         offsets = known.get(token)
         if offsets is None:
-            found: list[int] = []
-            m = gate.search(token)
-            while m is not None:
-                found.append(m.start())
-                m = gate.search(token, m.start() + 1)
-            offsets = tuple(found)
+            offsets = _offsets_in(gate, token)
             if len(known) > _KNOWN_TOKENS_MAX:
                 known.clear()
             known[token] = offsets
