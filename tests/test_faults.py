@@ -113,6 +113,28 @@ def check_sqlite_exactly_once(db: Path, acked: set[str]) -> None:
         assert listings.get(message_id, 0) == expected_listings(text), message_id
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name, or None once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> list[int]:
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and int(fields[1]) == pid
+    ]
+
+
+def _running(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")  # a zombie has exited
+
+
 def test_sigkill_during_a_batch_then_restart_processes_everything_once(tmp_path: Path) -> None:
     db = tmp_path / "kill.sqlite3"
     env = {
@@ -141,9 +163,14 @@ def test_sigkill_during_a_batch_then_restart_processes_everything_once(tmp_path:
     server.env["WORKER_ENABLED"] = "true"
     with server:
         wait_until(lambda: processed() > 0, 30, "the worker to start")
+        assert server.process is not None
+        pool = _children(server.process.pid)
         server.kill()  # mid-way through the queue, with batches in flight
     killed_at = processed()
     assert 0 < killed_at < 800, killed_at
+    # The analysis process does not outlive its server (it would wait on its task queue forever).
+    assert pool, "the server extracts in a child process"
+    wait_until(lambda: not any(_running(pid) for pid in pool), 15, "the pool process to exit with its server")
     with server:
         wait_until(lambda: processed() == 800, 90, "every message processed after the restart")
     check_sqlite_exactly_once(db, acked)

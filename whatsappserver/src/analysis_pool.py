@@ -11,6 +11,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,9 +27,18 @@ _rates: dict[str, float] | None = None
 _embedders: dict[int, object] = {}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Exit once the server that started this process is gone (a SIGKILL leaves its pool behind otherwise:
+    a pool process waits on its task queue, which its own inherited handle keeps open)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def _init_child(rates: dict[str, float] | None, nice: int) -> None:
     global _rates
     _rates = rates
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     if nice:
         try:
             os.nice(nice)
