@@ -161,10 +161,15 @@ def test_sigkill_during_a_batch_then_restart_processes_everything_once(tmp_path:
             conn.close()
 
     server.env["WORKER_ENABLED"] = "true"
+    pool: list[int] = []  # the server's child processes, noted while waiting (not between the wait and the kill)
+
+    def started() -> bool:
+        if not pool and server.process is not None:
+            pool.extend(_children(server.process.pid))
+        return processed() > 0
+
     with server:
-        wait_until(lambda: processed() > 0, 30, "the worker to start")
-        assert server.process is not None
-        pool = _children(server.process.pid)
+        wait_until(started, 30, "the worker to start")
         server.kill()  # mid-way through the queue, with batches in flight
     killed_at = processed()
     assert 0 < killed_at < 800, killed_at
