@@ -73,7 +73,7 @@ def load_pure() -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, SOURCE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    sys.modules[name] = module  # registered before it runs, as an import would
     spec.loader.exec_module(module)
     return module
 
