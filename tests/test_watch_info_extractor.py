@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from src.fx import DEFAULT_EUR_RATES, RATES_DATE, to_eur
@@ -309,6 +309,8 @@ def test_whitespace_collapse_equals_the_regex(text: str) -> None:
         max_size=40,
     ).map("".join)
 )
+@example("+1 234 5678")  # 8 digits: the fewest a blanked phone holds
+@example("tel:0612345678, (555) 123-4567 / 06.12.34.56.78")
 def test_phone_gates_never_skip_a_phone(text: str) -> None:
     from src import watch_info_extractor as wie
 
@@ -317,7 +319,10 @@ def test_phone_gates_never_skip_a_phone(text: str) -> None:
             return m.group()
         return " " * len(m.group())
 
-    assert wie._mask_phones(text) == wie._PHONE_RE.sub(blank, text)
+    expected = wie._PHONE_RE.sub(blank, text)
+    assert wie._mask_phones(text) == expected
+    # With the digit-run count of the token pass, as the extractor calls it.
+    assert wie._mask_phones(text, wie._scan_tokens(text, text.split()).phone_digits) == expected
 
 
 @settings(max_examples=400, deadline=None)
@@ -379,8 +384,8 @@ def test_token_starts_find_what_finditer_finds(text: str) -> None:
     from src import watch_info_extractor as wie
 
     text = text.lower()
-    tokens, ref_starts, alias_starts = wie._token_starts(text)
-    assert tokens == text.split()
+    starts = wie._scan_tokens(text, text.split())
+    ref_starts, alias_starts = starts.refs, starts.aliases
     ref_positions = [p for p, _found in ref_starts]
     for rx, starts in ((wie._REF_CANDIDATE_RE, ref_positions), (wie._ALIAS_RE, alias_starts)):
         got, resume = [], 0
@@ -414,6 +419,57 @@ def test_class_led_year_pattern_equals_the_lookbehind_form(text: str) -> None:
     assert [(m.span(), m.group("y")) for m in wie._YEAR_RE.finditer(text)] == [
         (m.span(), m.group("y")) for m in plain.finditer(text)
     ]
+
+
+# Prices are tried only where a token says they may start, and not even there when the token shows a bare number.
+_PRICE_PIECES = st.sampled_from(
+    ["1", "9", "00", "12", "200", "2018", "116610ln", "8200€", "8,2k", "8k2", " ", "  ", "\n", "\t", "\u00a0", ".",
+     ",", "'", "-", "/", ":", "$", "€", "£", "¥", "us$", "usd", "eur", "euro", "euros", "chf", "hk$", "s$", "k", "m",
+     "mio", "e", "a", "x", "u", "s", "ex", ",-", ".-", "mm", "prix", "ref", "rolex", "+", "(", ")", "0", " k", " €",
+     " eur", " 000", " ,-", " $", " 5"]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.lists(_PRICE_PIECES, max_size=40).map("".join), st.text(max_size=200)))
+@example("8200 €")  # a bare number at its token's end, carried on by the next token: not bare
+@example("8 200 000 eur")
+@example("9.5 k usd et 2018 rolex")
+@example("$ 5 ou 5 $ 6")
+@example("2018\u00a0€ 2018  € 2018\n€")  # only a plain space carries a price on
+def test_price_starts_find_what_finditer_finds(text: str) -> None:
+    from src import watch_info_extractor as wie
+
+    text = text.lower()
+    starts = wie._scan_tokens(text, text.split())
+    assert len(starts.prices) == len(starts.price_bare_ends)
+    got, resume = [], 0
+    for p, bare_end in zip(starts.prices, starts.price_bare_ends, strict=True):
+        if p < resume:
+            continue
+        m = wie._PRICE_RE.match(text, p)
+        if bare_end >= 0:  # said to be a bare number ending there: check it
+            assert m is not None and m.lastindex == 1 and m.end() == bare_end, (p, bare_end)
+        if m is not None:
+            got.append((m.span(), m.groups()))
+            resume = m.end()
+    assert got == [(m.span(), m.groups()) for m in wie._PRICE_RE.finditer(text)]
+    assert [(p.start, p.end, p.amount, p.currency) for p in wie._find_prices(text, starts)] == [
+        (p.start, p.end, p.amount, p.currency) for p in wie._find_prices(text)
+    ]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_PRICE_PIECES, _TOKEN_PIECES), max_size=50).map("".join))
+def test_mention_starts_after_price_masking_are_the_masked_texts(text: str) -> None:
+    from src import watch_info_extractor as wie
+
+    folded = wie._fold(text)
+    starts = wie._scan_tokens(folded, folded.split())
+    prices = wie._find_prices(folded, starts)
+    masked = wie._mask_spans(folded, [(p.start, p.end) for p in prices])
+    direct = wie._scan_tokens(masked, masked.split())
+    assert wie._mention_starts(folded, masked, prices, starts) == (direct.refs, direct.aliases)
 
 
 # Attribute scans are tried only where _span_starts says a match may start: they must find all they find anywhere.

@@ -397,12 +397,39 @@ def _parse_number(num: str, has_mult: bool) -> float | None:
     return float(num)
 
 
-def _find_prices(folded: str) -> list[_Price]:
-    """Every price with a currency, a k/m multiplier or a price keyword, in text order."""
+# Where a price match may start inside a whitespace token: _PRICE_RE's first character and the lookbehind
+# after it, and for a currency word before the number, the word followed by a digit or by the token's end (the
+# pattern's `[ ]?` then a digit). The price pattern, led by a class of common letters, is otherwise tried at
+# every one of them (some 40 positions in a message of 110 characters) for about 4 that can start a match.
+# (_scan_tokens finds these offsets.)
+_PRICE_GATE = re.compile(rf"(?<![a-z0-9.,/$€£\w])(?:[0-9$€£¥]|(?=(?:{_CUR_PRE})(?:\d|$)))")
+# What a price match may go on with after a space (the pattern's `[ ]`s): a digit, a multiplier, ",-", a currency.
+# A token that starts with none of these cannot carry on a price from the token before it.
+_PRICE_GOES_ON_RE = re.compile(rf"\d|k(?![a-z])|m(?![a-z])|mio\b|mil\b|million\b|,-|\.-|{_CUR_POST}")
+
+
+def _find_prices(folded: str, starts: _TextStarts | None = None) -> list[_Price]:
+    """Every price with a currency, a k/m multiplier or a price keyword, in text order.
+
+    `starts`, when the caller has them: _scan_tokens' of the text.
+    """
     found: list[_Price] = []
     if not _DIGIT_RE.search(folded):  # every price has a number
         return found
-    for m in _PRICE_RE.finditer(folded):
+    if starts is None:
+        starts = _scan_tokens(folded, folded.split())
+    match = _PRICE_RE.match
+    resume = 0  # as finditer: resume after each match, a start inside it is no start
+    bare_ends = starts.price_bare_ends
+    for i, p in enumerate(starts.prices):
+        if p < resume:
+            continue
+        if bare_ends[i] >= 0:  # the match here is known from its token: a bare number, no price
+            resume = bare_ends[i]
+            continue
+        if (m := match(folded, p)) is None:
+            continue
+        resume = m.end()
         if m.lastindex == 1:  # only `nr` took part: a bare number (most matches), no price
             continue
         nr, _pr, num, mult, kd, post = m.groups()
@@ -493,8 +520,14 @@ _PHONE_SHAPE_RE = re.compile(
 )
 
 
-def _mask_phones(folded: str) -> str:
-    """Blank out phone numbers so their digits are taken for nothing."""
+def _mask_phones(folded: str, digit_run: int | None = None) -> str:
+    """Blank out phone numbers so their digits are taken for nothing.
+
+    `digit_run`, when the caller has it (_scan_tokens' phone_digits): the most digits in a stretch of the text
+    holding only digits, whitespace and .-()+, as every phone match does; one with fewer than 8 stays as it is.
+    """
+    if digit_run is not None and digit_run < 8 and "<phone>" not in folded:
+        return folded  # most messages: no stretch long enough (their digits are in references, years, prices)
     if _PHONE_SHAPE_RE.search(folded) is None:
         return folded
 
@@ -661,7 +694,7 @@ _RefMatch = tuple[int, tuple[str, str | None, str | None, bool, bool] | None] | 
 
 
 def _find_refs(masked: str, starts: list[tuple[int, _RefMatch]]) -> list[_Ref]:
-    """Reference candidates in the phone- and price-masked folded text; `starts` from _token_starts."""
+    """Reference candidates in the phone- and price-masked folded text; `starts` from _mention_starts."""
     out: list[_Ref] = []
     match = _REF_CANDIDATE_RE.match
     after = 0  # finditer resumes after the last match: a start inside it is no start
@@ -800,10 +833,8 @@ def _fuzzy_words(tokens: list[str]) -> set[str]:
 
 # ---------------------------------------------------------------- where references and aliases may start
 # Both the reference and the alias patterns start with a lookbehind, so the engine would try them at every
-# position of the text. A match of either can only start at a few places inside a whitespace token, and which
-# places depends on the token alone: those offsets are worked out once per distinct token (dealers repeat their
-# words) and the pattern is tried only there, in text order, resuming after each match as finditer does; the
-# matches are exactly finditer's.
+# position of the text. A match of either can only start at a few offsets inside a whitespace token, found here
+# once per distinct token (see _scan_tokens).
 _REF_HEAD_RE = re.compile(r"rm|pam|ref|réf|[a-z]{0,5}\d")  # how every reference candidate match begins
 _REF_BAD_BEFORE_RE = re.compile(r"[\w/.]")  # the candidate pattern's lookbehinds, applied inside a token
 _WORD_CHAR_RE = re.compile(r"\w")
@@ -811,38 +842,24 @@ _RUN_RE = re.compile(r"[a-z0-9]+")
 # An alias match starts where a run of [a-z0-9] starts, and that run is the first run of its key (the key's
 # next character, if any, is not [a-z0-9] and stands for itself or for whitespace).
 _ALIAS_FIRST_RUNS = frozenset(m.group() for k in _ALIASES if (m := _RUN_RE.match(k)) is not None)
-# Per distinct token (dealers repeat their words: after a while nearly every token is known), the offsets where
-# a reference candidate or an alias may start; only tokens with some have an entry, so a message's few
-# interesting tokens are picked out in C (filter over the split), and only they are located in the text.
-_KNOWN_TOKENS: set[str] = set()
-_MENTION_STARTS: dict[str, tuple[tuple[tuple[int, _RefMatch], ...], tuple[int, ...]]] = {}
-_KNOWN_TOKENS_MAX = 200_000  # bounded like the lru caches: cleared when full
+_KNOWN_TOKENS_MAX = 200_000  # the per-token tables are bounded like the lru caches: cleared when full
 
 
-def _learn_tokens(tokens: list[str]) -> None:
-    """Work out the start offsets of the tokens not seen before."""
-    new = set(tokens).difference(_KNOWN_TOKENS)
-    if len(_KNOWN_TOKENS) + len(new) > _KNOWN_TOKENS_MAX:
-        _KNOWN_TOKENS.clear()
-        _MENTION_STARTS.clear()
-    for tok in new:
-        refs = tuple(
+def _ref_offsets(tok: str) -> list[int]:
+    """The offsets of a token where a reference candidate may start (see _scan_tokens)."""
+    return [
+        i
+        for i, ch in enumerate(tok)
+        if ("a" <= ch <= "z" or "0" <= ch <= "9")
+        and not (
             i
-            for i, ch in enumerate(tok)
-            if ("a" <= ch <= "z" or "0" <= ch <= "9")
-            and not (
-                i
-                and (
-                    _REF_BAD_BEFORE_RE.match(tok[i - 1])
-                    or (tok[i - 1] == "-" and i >= 2 and _WORD_CHAR_RE.match(tok[i - 2]))
-                )
+            and (
+                _REF_BAD_BEFORE_RE.match(tok[i - 1])
+                or (tok[i - 1] == "-" and i >= 2 and _WORD_CHAR_RE.match(tok[i - 2]))
             )
-            and _REF_HEAD_RE.match(tok, i)
         )
-        aliases = tuple(m.start() for m in _RUN_RE.finditer(tok) if m.group() in _ALIAS_FIRST_RUNS)
-        if refs or aliases:
-            _MENTION_STARTS[tok] = (tuple((i, _ref_in_token(tok, i)) for i in refs), aliases)
-    _KNOWN_TOKENS.update(new)
+        and _REF_HEAD_RE.match(tok, i)
+    ]
 
 
 _REF_PREFIX_WORDS = ("rm", "pam", "ref", "réf")  # how every `pfx` of the candidate pattern begins
@@ -874,32 +891,6 @@ def _locate(text: str, token: str, pos: int) -> int:
     return at
 
 
-def _token_starts(text: str) -> tuple[list[str], list[tuple[int, _RefMatch]], list[int]]:
-    """The whitespace tokens of the text and where reference candidates and aliases may start, in order.
-
-    Each reference start comes with its candidate match when the token alone gives it (see _ref_in_token).
-    """
-    tokens = text.split()
-    if not _KNOWN_TOKENS.issuperset(tokens):
-        _learn_tokens(tokens)
-    ref_starts: list[tuple[int, _RefMatch]] = []
-    alias_starts: list[int] = []
-    table = _MENTION_STARTS
-    pos = 0
-    for tok in tokens:
-        entry = table.get(tok)
-        if entry is None:  # most tokens: nothing can start in them
-            continue
-        s = _locate(text, tok, pos)
-        pos = s + len(tok)
-        refs, aliases = entry
-        for o, found in refs:
-            ref_starts.append((s + o, found))
-        for o in aliases:
-            alias_starts.append(s + o)
-    return tokens, ref_starts, alias_starts
-
-
 class _Mention:
     __slots__ = ("brand", "end", "family", "ref", "start", "weak")
 
@@ -925,7 +916,11 @@ def _covers(spans: list[tuple[int, int]], i: int) -> bool:
 def _find_alias_mentions(
     folded: str, original: str, taken: list[tuple[int, int]], starts: list[int], tokens: list[str]
 ) -> list[_Mention]:
-    """Brand and family names (exact aliases, then misspellings); `starts` and `tokens` from _token_starts."""
+    """Brand and family names (exact aliases, then misspellings).
+
+    `starts`: where an alias may start (see _mention_starts); `tokens`: the text's whitespace tokens, or the
+    folded text's before prices were blanked (their letter runs are the same: a price never cuts one).
+    """
     out: list[_Mention] = []
     covered = list(taken)  # spans of the references, then of the aliases found: a handful
     match = _ALIAS_RE.match
@@ -1387,34 +1382,209 @@ def _span_starts(span: str, tokens: list[str] | None = None) -> list[list[int] |
     return starts
 
 
-# Where an intent word may start, for the intent scan over the message's first characters: its own table,
-# and a gate that keeps each alternative's word-start lookbehind, so few tokens open it.
+# Where an intent word may start: a gate that keeps each alternative's word-start lookbehind, so few tokens open it.
 _INTENT_GATE = _token_gate(_INTENT_RE.pattern, lookbehinds=True)
-_INTENT_OFFSETS: dict[str, tuple[int, ...]] = {}
 
 
 def _intent_starts(text: str) -> list[int] | None:
     """Where an intent word may start in the text, in order (None: anywhere)."""
-    gate = _INTENT_GATE
-    if gate is None:
-        return None
-    starts: list[int] = []
-    known = _INTENT_OFFSETS
+    return _scan_tokens(text, text.split()).intent
+
+
+# ---------------------------------------------------------------- what each token of a message may start
+# The price, reference, alias and intent patterns start with a lookbehind or a class of common letters, so the
+# engine would try each at nearly every position of a message. A match of each can start only at a few offsets
+# inside a whitespace token, and which ones depends on the token alone (the lookbehinds see whitespace, or
+# nothing, at its start). So a message is split once; each distinct token's offsets are worked out the first
+# time it is seen (dealers repeat their words: after a while nearly every token is known); and each pattern is
+# tried only at those positions, in text order, resuming after each match as finditer does. The matches are
+# exactly finditer's. The same pass measures the digit runs that the phone mask needs.
+_PHONE_RUN_CHARS = frozenset(".-()+")  # with digits and whitespace, all a phone match holds
+
+
+class _TokenFacts:
+    """Where each scan may start inside one token, and its runs of digits and .-()+ for the phone gate."""
+
+    __slots__ = (
+        "aliases",
+        "goes_on",
+        "intent",
+        "price_bare_ends",
+        "prices",
+        "refs",
+        "run_first",
+        "run_last",
+        "run_longest",
+        "run_whole",
+        "starts",
+    )
+
+    def __init__(self, token: str) -> None:
+        self.prices = _offsets_in(_PRICE_GATE, token)
+        self.price_bare_ends = tuple(_bare_end(token, o) for o in self.prices)
+        self.goes_on = _PRICE_GOES_ON_RE.match(token) is not None
+        self.refs = tuple((i, _ref_in_token(token, i)) for i in _ref_offsets(token))
+        self.aliases = tuple(m.start() for m in _RUN_RE.finditer(token) if m.group() in _ALIAS_FIRST_RUNS)
+        self.intent = _offsets_in(_INTENT_GATE, token) if _INTENT_GATE is not None else ()
+        self.starts = bool(self.prices or self.refs or self.aliases or self.intent)
+        runs = [0]  # digits per run, runs split by any other character
+        for ch in token:
+            if ch.isdecimal():  # what \d matches
+                runs[-1] += 1
+            elif ch not in _PHONE_RUN_CHARS:
+                runs.append(0)
+        self.run_whole = len(runs) == 1  # the token is one run: a run may go on through the next token
+        self.run_first, self.run_last, self.run_longest = runs[0], runs[-1], max(runs)
+
+
+def _bare_end(token: str, o: int) -> int:
+    """Where the price match at offset o of a token ends when the token alone shows it is a bare number (no
+    price: most matches), else -1.
+
+    The pattern reads past a token only through a space (its `[ ]`s), so a match that ends inside its token is
+    the match in the text: a longer one would take the rest of the token first, and ending there it would
+    have matched in the token (what follows each `[ ]` is optional, bar a number after a currency or a first
+    thousands group, and a currency alone or digits alone match too). One that ends at the token's end is the
+    text's unless a space and a token that may carry it on follow (see _scan_tokens).
+    """
+    m = _PRICE_RE.match(token, o)
+    return m.end() if m is not None and m.lastindex == 1 else -1
+
+
+_TOKEN_FACTS: dict[str, _TokenFacts] = {}
+
+
+def _token_facts(token: str) -> _TokenFacts:
+    """A token's facts, worked out on first sight and remembered."""
+    if len(_TOKEN_FACTS) > _KNOWN_TOKENS_MAX:
+        _TOKEN_FACTS.clear()
+    facts = _TOKEN_FACTS[token] = _TokenFacts(token)
+    return facts
+
+
+class _TextStarts:
+    """Per scan, the positions of a text where a match may start, in order (see _scan_tokens)."""
+
+    __slots__ = ("aliases", "intent", "phone_digits", "price_bare_ends", "prices", "refs")
+
+    def __init__(
+        self,
+        prices: list[int],
+        price_bare_ends: list[int],
+        refs: list[tuple[int, _RefMatch]],
+        aliases: list[int],
+        intent: list[int] | None,
+        phone_digits: int,
+    ) -> None:
+        self.prices = prices
+        self.price_bare_ends = price_bare_ends  # per price start: where its bare-number match ends, or -1
+        self.refs = refs  # each with its candidate match when the token alone gives it (see _ref_in_token)
+        self.aliases = aliases
+        self.intent = intent  # None: anywhere (no gate could be derived)
+        self.phone_digits = phone_digits  # the most digits in a stretch of digits, whitespace and .-()+
+
+
+def _scan_tokens(text: str, tokens: list[str]) -> _TextStarts:
+    """Where each pattern may start in the text; `tokens` are text.split()."""
+    prices: list[int] = []
+    bare_ends: list[int] = []
+    refs: list[tuple[int, _RefMatch]] = []
+    aliases: list[int] = []
+    intent: list[int] = []
+    known = _TOKEN_FACTS
+    run = longest = 0  # digits of the run going on through the tokens so far, and of the longest run seen
     pos = 0
-    for token in text.split():
-        offsets = known.get(token)
-        if offsets is None:
-            offsets = _offsets_in(gate, token)
-            if len(known) > _KNOWN_TOKENS_MAX:
-                known.clear()
-            known[token] = offsets
-        if not offsets:
+    held = -1  # where the last token ends if a bare number ends there (known once the next token is seen)
+    held_from = 0  # its first price start
+    for token in tokens:
+        facts = known.get(token)
+        if facts is None:
+            facts = _token_facts(token)
+        if held >= 0:
+            # A space and this token may carry the price pattern on past the end of the last token.
+            if facts.goes_on and text[held] == " " and not text[held + 1].isspace():
+                for k in range(held_from, len(bare_ends)):
+                    if bare_ends[k] == held:
+                        bare_ends[k] = -1
+            held = -1
+        if facts.run_whole:
+            run += facts.run_first
+        else:
+            if run + facts.run_first > longest:
+                longest = run + facts.run_first
+            if facts.run_longest > longest:
+                longest = facts.run_longest
+            run = facts.run_last
+        if run > longest:
+            longest = run
+        if not facts.starts:  # most tokens: no pattern can start a match in them
             continue
         at = _locate(text, token, pos)
         pos = at + len(token)
-        for o in offsets:
-            starts.append(at + o)
-    return starts
+        if facts.prices:
+            held_from = len(prices)
+            ends = facts.price_bare_ends
+            for k in range(len(ends)):  # by index: the compiled build runs zip as a Python call
+                o, end = facts.prices[k], ends[k]
+                prices.append(at + o)
+                bare_ends.append(at + end if end >= 0 else -1)
+                if end == len(token):
+                    held = pos
+        for o, found in facts.refs:
+            refs.append((at + o, found))
+        for o in facts.aliases:
+            aliases.append(at + o)
+        for o in facts.intent:
+            intent.append(at + o)
+    return _TextStarts(prices, bare_ends, refs, aliases, intent if _INTENT_GATE is not None else None, longest)
+
+
+def _mention_starts(
+    folded: str, masked: str, prices: list[_Price], starts: _TextStarts
+) -> tuple[list[tuple[int, _RefMatch]], list[int]]:
+    """Where references and aliases may start in `masked`, the folded text with its prices blanked, from the
+    starts of the folded text.
+
+    A token that no price touches is a token of both texts, with the same starts. The tokens a price touches
+    (a stretch of the text from whitespace to whitespace) leave their unblanked pieces in `masked`: those pieces
+    are scanned instead.
+    """
+    stretches: list[tuple[int, int]] = []
+    n = len(folded)
+    for p in prices:  # in text order
+        lo, hi = p.start, p.end
+        while lo > 0 and not folded[lo - 1].isspace():
+            lo -= 1
+        while hi < n and not folded[hi].isspace():
+            hi += 1
+        if stretches and lo <= stretches[-1][1]:
+            lo = stretches[-1][0]
+            stretches.pop()
+        stretches.append((lo, hi))
+    refs: list[tuple[int, _RefMatch]] = []
+    aliases: list[int] = []
+    old_refs, old_aliases = starts.refs, starts.aliases
+    r = a = 0
+    for lo, hi in stretches:
+        while r < len(old_refs) and old_refs[r][0] < lo:
+            refs.append(old_refs[r])
+            r += 1
+        while r < len(old_refs) and old_refs[r][0] < hi:
+            r += 1
+        while a < len(old_aliases) and old_aliases[a] < lo:
+            aliases.append(old_aliases[a])
+            a += 1
+        while a < len(old_aliases) and old_aliases[a] < hi:
+            a += 1
+        piece = masked[lo:hi]
+        inside = _scan_tokens(piece, piece.split())
+        for o, found in inside.refs:
+            refs.append((lo + o, found))
+        for o in inside.aliases:
+            aliases.append(lo + o)
+    refs.extend(old_refs[r:])
+    aliases.extend(old_aliases[a:])
+    return refs, aliases
 
 
 def classify_message(text: str) -> MessageType:
@@ -1593,12 +1763,22 @@ _ALNUM_RE = re.compile(r"[^\W_]")
 _NON_NEWLINE_RE = re.compile("[^\n]")
 
 
-def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Mention]]:
+def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Mention], list[int] | None]:
+    """The text cut to size, folded and phone-masked; its prices, references and mentions; where an intent word
+    may start in it."""
     original = text[:MAX_TEXT_CHARS]
-    folded = _mask_phones(_fold(original))
-    prices = _find_prices(folded)
+    unmasked = _fold(original)
+    tokens = unmasked.split()
+    starts = _scan_tokens(unmasked, tokens)
+    folded = _mask_phones(unmasked, starts.phone_digits)
+    if folded != unmasked:  # a phone was blanked (rare): its tokens are gone
+        tokens = folded.split()
+        starts = _scan_tokens(folded, tokens)
+    prices = _find_prices(folded, starts)
     masked = _mask_spans(folded, [(p.start, p.end) for p in prices])
-    tokens, ref_starts, alias_starts = _token_starts(masked)
+    ref_starts, alias_starts = starts.refs, starts.aliases
+    if prices:
+        ref_starts, alias_starts = _mention_starts(folded, masked, prices, starts)
     refs = _find_refs(masked, ref_starts)
     taken = [(r.start, r.end) for r in refs]
     aliases = _find_alias_mentions(masked, original, taken, alias_starts, tokens)
@@ -1617,7 +1797,7 @@ def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Menti
             for p in prices
             if (i := bisect.bisect_right(ref_offsets, p.start) - 1) < 0 or p.start >= refs[i].end
         ]
-    return original, folded, prices, refs, mentions
+    return original, folded, prices, refs, mentions, starts.intent
 
 
 def _scale_prices(prices: list[_Price], brands: set[str]) -> None:
@@ -1662,7 +1842,7 @@ def extract_watch_info(text: str, rates: Mapping[str, float] | None = None) -> W
 
 
 def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
-    original, folded, prices, refs, mentions = _analyse(text)
+    original, folded, prices, refs, mentions, intent_starts = _analyse(text)
     if "\n" not in original:
         # One line (most messages): no header lines (they need a list below), mentions and prices on line 0.
         line_starts, n_lines, line_ends = [0], 1, [len(original)]
@@ -1703,7 +1883,7 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
     groups = _group_mentions(kept, line_starts, line_has_price)
 
     window = folded[:_INTENT_WINDOW]
-    intent, _pos = _intent(window, _intent_starts(window))
+    intent, _pos = _intent(window, intent_starts if len(folded) <= _INTENT_WINDOW else _intent_starts(window))
     has_question = "?" in folded
     if intent == "other":
         return _info("other", 0.6, [])
@@ -1869,7 +2049,7 @@ def _confidence(g: _Group, a: _Attrs, intent: str | None) -> float:
 # ---------------------------------------------------------------- helpers for search
 def find_brands(text: str) -> list[str]:
     """Every brand named (alias, typo, nickname, family) or implied by a reference, in order, no repeats."""
-    _original, _folded, _prices, _refs, mentions = _analyse(text)
+    _original, _folded, _prices, _refs, mentions, _starts = _analyse(text)
     seen: list[str] = []
     for m in mentions:
         brand = m.brand or (_FAMILY_BRAND.get(m.family) if m.family else None)
@@ -1886,14 +2066,14 @@ def find_brand(text: str) -> str | None:
 
 def find_references(text: str) -> list[tuple[str, str | None]]:
     """References in the text as (reference upper-cased as written, brand or None)."""
-    _original, _folded, _prices, refs, mentions = _analyse(text)
+    _original, _folded, _prices, refs, mentions, _starts = _analyse(text)
     named = {m.brand for m in mentions if m.brand}
     return [(r.ref, r.brand) for r in refs if not r.needs_context or r.brand in named]
 
 
 def canonical_model(text: str, brand: str | None = None) -> str | None:
     """The canonical model family named in the text ('sub' -> Submariner, 'Pepsi' -> GMT-Master II)."""
-    _original, _folded, _prices, _refs, mentions = _analyse(text)
+    _original, _folded, _prices, _refs, mentions, _starts = _analyse(text)
     fallback: str | None = None
     for m in mentions:
         family = m.family or (m.ref.family if m.ref else None)
