@@ -372,8 +372,8 @@ def test_one_line_and_separator_lines() -> None:
 # Reference candidates and aliases are tried only where a token says they may start: the same matches as finditer.
 _TOKEN_PIECES = st.sampled_from(
     ["rolex", "royal", "oak", "royal oak", "a. lange", "lange & sohne", "gmt-master ii", "code 11.59", "sub", "rm",
-     "rm011", "pam", "ref", "ref.", "ref:", "reference", "116610ln", "5711/1a-010", "15202st.oo.1240st.01", "ab12",
-     "abcdef1", "x-1234", "-1234", "1234", "a", "é", "_", "1", "9", "ln", " ", "  ", "\n", "\t", "-", "/", ".", ",",
+     "rm011", "pam", "ref", "ref.", "ref:", "reference", "omaga", "submarinr", "rollex", "audemar", "116610ln",
+     "5711/1a-010", "15202st.oo.1240st.01", "ab12", "abcdef1", "x-1234", "-1234", "1234", "a", "é", "_", "1", "9", "ln", " ", "  ", "\n", "\t", "-", "/", ".", ",",
      "(", ")", ":", "#", "&", "'", "\u00a0", "\u2028", "\u3000"]
 )  # fmt: skip
 
@@ -426,7 +426,7 @@ _PRICE_PIECES = st.sampled_from(
     ["1", "9", "00", "12", "200", "2018", "116610ln", "8200€", "8,2k", "8k2", " ", "  ", "\n", "\t", "\u00a0", ".",
      ",", "'", "-", "/", ":", "$", "€", "£", "¥", "us$", "usd", "eur", "euro", "euros", "chf", "hk$", "s$", "k", "m",
      "mio", "e", "a", "x", "u", "s", "ex", ",-", ".-", "mm", "prix", "ref", "rolex", "+", "(", ")", "0", " k", " €",
-     " eur", " 000", " ,-", " $", " 5"]
+     " eur", " 000", " ,-", " $", " 5", "port", "deposit", "de port", "+ ", "label", "fee", "prix: ", "px", "budget"]
 )  # fmt: skip
 
 
@@ -454,9 +454,17 @@ def test_price_starts_find_what_finditer_finds(text: str) -> None:
             got.append((m.span(), m.groups()))
             resume = m.end()
     assert got == [(m.span(), m.groups()) for m in wie._PRICE_RE.finditer(text)]
-    assert [(p.start, p.end, p.amount, p.currency) for p in wie._find_prices(text, starts)] == [
+    prices = wie._find_prices(text, starts)
+    assert [(p.start, p.end, p.amount, p.currency) for p in prices] == [
         (p.start, p.end, p.amount, p.currency) for p in wie._find_prices(text)
     ]
+    # Shipping and deposit prices are told apart as the patterns alone tell them (the word gate skips none).
+    for p in prices:
+        m = wie._PRICE_RE.match(text, p.start)
+        if m is not None and m.end() == p.end and m.lastindex != 1:  # found by the pattern, not by a keyword
+            before, after = text[max(0, p.start - 16) : p.start], text[p.end : p.end + 20]
+            extra = bool(wie._EXTRA_BEFORE_RE.search(before) or wie._EXTRA_AFTER_RE.match(after))
+            assert p.extra == extra, p.start
 
 
 @settings(max_examples=400, deadline=None)
@@ -470,6 +478,8 @@ def test_mention_starts_after_price_masking_are_the_masked_texts(text: str) -> N
     masked = wie._mask_spans(folded, [(p.start, p.end) for p in prices])
     direct = wie._scan_tokens(masked, masked.split())
     assert wie._mention_starts(folded, masked, prices, starts) == (direct.refs, direct.aliases)
+    # The misspelt names found before masking are all those of the masked text (and no others it holds).
+    assert {w for w in wie._WORD_RE.findall(masked) if wie._fuzzy_alias(w)} <= starts.fuzzy
 
 
 # Attribute scans are tried only where _span_starts says a match may start: they must find all they find anywhere.
@@ -478,7 +488,8 @@ _GATE_PIECES = st.sampled_from(
      "be", "BE", "nos", "pre-owned", "pre", "worn", "vintage", "b & p", "b&p", "b +p", "box", "boite et papiers",
      "no box", "no papers", "watch only", "set minus box", "fs", "automatic", "self-winding", "hand wound", "quartz",
      "2021", "1998", "05/2022", "4/25", "n1.2019", "mar 2020", "submariner 2019", "sept. 2018", "12.2019", "a", "x",
-     "1", "9", "0", " ", "  ", "\n", "\t", "\u00a0", "\u3000", "-", "/", ".", ",", "(", "&", "+", "'"]
+     "1", "9", "0", " ", "  ", "\n", "\t", "\u00a0", "\u3000", "-", "/", ".", ",", "(", "&", "+", "'", "serviced in ",
+     "since ", "revisee en ", "polished ", "can be ", "years ", "yr", "depuis "]
 )  # fmt: skip
 
 
@@ -505,6 +516,8 @@ def test_scans_from_span_starts_find_what_whole_scans_find(text: str) -> None:
     assert year_starts is not None
     assert {m.start() for m in wie._YEAR_RE.finditer(span)} <= set(year_starts)
     assert wie._year(span, year_starts, starts[wie._MONTH_YEAR]) == wie._year(span)
+    skip_words = wie._scan_tokens(span, span.split()).year_skip_words
+    assert wie._year(span, year_starts, starts[wie._MONTH_YEAR], skip_words) == wie._year(span)
 
 
 @settings(max_examples=400, deadline=None)

@@ -337,6 +337,7 @@ _PRICE_RE = re.compile(
     rf"(?:[ ]?(?P<post>{_CUR_POST}))?"
 )
 assert _PRICE_RE.groups == 6 and _PRICE_RE.groupindex["nr"] == 1  # _find_prices reads lastindex == 1 as bare
+_PRICE_KEYWORDS = ("pri", "px", "ask", "budget", "tarif")  # every keyword holds one (see _scan_tokens)
 _PRICE_KEYWORD_RE = _Scanner(
     rf"\b(?:prix|price|px|asking|budget|tarif|ask)\s*:?\s*(?P<num>{_NUM})(?![\d.,]*\s?(?:mm|k\b))"
 )
@@ -359,6 +360,9 @@ _EXTRA_BEFORE_RE = _Scanner(
     r"(?:\+|acompte|deposit|depot|port|shipping|envoi|frais|fee|label|dep|plus)\W{0,4}(?:de\W{0,3})?$"
 )
 _EXTRA_AFTER_RE = re.compile(r"^\s{0,2}(?:de port|d'envoi|shipping|pour reserver|deposit|de frais|fee)")
+# Every match of the two holds one of these (none holds whitespace): a text without any has no extra (see _scan_tokens).
+_EXTRA_WORDS = ("+", "acompte", "deposit", "depot", "port", "shipping", "envoi", "frais", "fee", "label", "dep", "plus",
+                "reserver")  # fmt: skip
 
 
 # The small records of this module are plain classes with their own __init__, not dataclasses: the compiled
@@ -414,10 +418,12 @@ def _find_prices(folded: str, starts: _TextStarts | None = None) -> list[_Price]
     `starts`, when the caller has them: _scan_tokens' of the text.
     """
     found: list[_Price] = []
-    if not _DIGIT_RE.search(folded):  # every price has a number
-        return found
     if starts is None:
+        if not _DIGIT_RE.search(folded):  # every price has a number
+            return found
         starts = _scan_tokens(folded, folded.split())
+    if not starts.prices and not starts.keyword:  # most texts without a price
+        return found
     match = _PRICE_RE.match
     resume = 0  # as finditer: resume after each match, a start inside it is no start
     bare_ends = starts.price_bare_ends
@@ -477,13 +483,9 @@ def _find_prices(folded: str, starts: _TextStarts | None = None) -> list[_Price]
         start, end = m.start(), m.end()
         before = folded[max(0, start - 16) : start]
         after = folded[end : end + 20]
-        extra = bool(_EXTRA_BEFORE_RE.search(before) or _EXTRA_AFTER_RE.match(after))
+        extra = starts.extra_words and bool(_EXTRA_BEFORE_RE.search(before) or _EXTRA_AFTER_RE.match(after))
         found.append(_Price(start, end, round(amount, 2), code, extra, False))
-    # Every keyword holds one of these: without one (most texts) the keyword scan cannot find anything.
-    has_keyword = (
-        "pri" in folded or "px" in folded or "ask" in folded or "budget" in folded or "tarif" in folded
-    )
-    for m in _PRICE_KEYWORD_RE.finditer(folded) if has_keyword else ():
+    for m in _PRICE_KEYWORD_RE.finditer(folded) if starts.keyword else ():
         s = m.start("num")
         if any(p.start <= s < p.end for p in found):
             continue
@@ -805,32 +807,6 @@ def _fuzzy_alias(token: str) -> str | None:
     return key
 
 
-# Whitespace-separated tokens already known to hold no misspelt alias: most messages repeat known tokens, and a
-# split plus a set difference (both in C) is several times cheaper than finding the words with a regex.
-_CLEAN_TOKENS: set[str] = set()
-_CLEAN_TOKENS_MAX = 200_000  # bounded like the lru caches: cleared when full
-
-
-def _fuzzy_words(tokens: list[str]) -> set[str]:
-    """The distinct words of the text (given as its whitespace tokens) that are a misspelt brand or family name."""
-    if _CLEAN_TOKENS.issuperset(tokens):
-        return set()
-    new_tokens = set(tokens) - _CLEAN_TOKENS
-    # Words ([a-z] runs) never cross whitespace, so the words of the new tokens are all the words not yet known.
-    hits: set[str] = set()
-    clean: list[str] = []
-    for token in new_tokens:
-        found = {w for w in _WORD_RE.findall(token) if _fuzzy_alias(w) is not None}
-        if found:
-            hits |= found
-        else:
-            clean.append(token)
-    if len(_CLEAN_TOKENS) > _CLEAN_TOKENS_MAX:
-        _CLEAN_TOKENS.clear()
-    _CLEAN_TOKENS.update(clean)
-    return hits
-
-
 # ---------------------------------------------------------------- where references and aliases may start
 # Both the reference and the alias patterns start with a lookbehind, so the engine would try them at every
 # position of the text. A match of either can only start at a few offsets inside a whitespace token, found here
@@ -914,12 +890,12 @@ def _covers(spans: list[tuple[int, int]], i: int) -> bool:
 
 
 def _find_alias_mentions(
-    folded: str, original: str, taken: list[tuple[int, int]], starts: list[int], tokens: list[str]
+    folded: str, original: str, taken: list[tuple[int, int]], starts: list[int], fuzzy: set[str]
 ) -> list[_Mention]:
     """Brand and family names (exact aliases, then misspellings).
 
-    `starts`: where an alias may start (see _mention_starts); `tokens`: the text's whitespace tokens, or the
-    folded text's before prices were blanked (their letter runs are the same: a price never cuts one).
+    `starts`: where an alias may start (see _mention_starts); `fuzzy`: the words of the text that are misspelt
+    names (_scan_tokens'; of the text before prices were blanked is as good: a price never cuts a word).
     """
     out: list[_Mention] = []
     covered = list(taken)  # spans of the references, then of the aliases found: a handful
@@ -943,7 +919,6 @@ def _find_alias_mentions(
         out.append(_Mention(s, e, alias.brand, alias.family, alias.weak))
         covered.append((s, e))
     # Most words are no misspelt alias: look each distinct word up once and walk positions only for hits.
-    fuzzy = _fuzzy_words(tokens)
     for m in _WORD_RE.finditer(folded) if fuzzy else ():
         if m.group() not in fuzzy:
             continue
@@ -1002,6 +977,8 @@ _YEAR_RANGE_RE = _Scanner(
 _YEAR_SKIP_BEFORE_RE = _Scanner(
     r"(?:revisee?|service[d]?|serviced in|entretien|polie?|polished|can be|depuis|since|annees|years?|yr)\W{0,3}(?:ap\W{0,2})?(?:en|in)?\W{0,2}$"
 )
+# Every match of it holds one of these (none holds whitespace): without any, no year is skipped for it.
+_YEAR_SKIP_WORDS = ("revis", "servic", "entretien", "poli", "can", "depuis", "since", "annees", "year", "yr")
 _SIZE_RE = re.compile(r"(?<![\w.])(?P<s>[2-6]\d(?:[.,]\d)?)\s?mm(?![a-z])")
 _MOVEMENT_RE = _Scanner(
     r"(?<![a-z])(?P<automatic>automatic|automatique|auto|self[- ]winding|perpetual rotor|calibre auto)(?![a-z])"
@@ -1165,10 +1142,16 @@ def _box_papers(span: str, starts: list[int] | None = None) -> tuple[bool | None
     return box, papers
 
 
-def _year(span: str, year_starts: list[int] | None = None, month_starts: list[int] | None = None) -> int | None:
+def _year(
+    span: str,
+    year_starts: list[int] | None = None,
+    month_starts: list[int] | None = None,
+    skip_words: bool = True,
+) -> int | None:
     """The production or card year: '2018', 'carte 2021', '05/2022', '4/25'; not ranges like '2019-2021'.
 
     `year_starts` and `month_starts` from _span_starts: where a year or a month-year may start (None: anywhere).
+    `skip_words`: False when the text holds none of _YEAR_SKIP_WORDS.
     """
     ranges: list[tuple[int, int]] | None = None  # year ranges, found only once a year is seen
     best: tuple[int, int] | None = None
@@ -1179,8 +1162,8 @@ def _year(span: str, year_starts: list[int] | None = None, month_starts: list[in
         after = m.end()
         if ranges is None:
             ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
-        if _covers(ranges, m.start()) or _YEAR_SKIP_BEFORE_RE.search(
-            span[max(0, m.start() - 22) : m.start()]
+        if _covers(ranges, m.start()) or (
+            skip_words and _YEAR_SKIP_BEFORE_RE.search(span[max(0, m.start() - 22) : m.start()])
         ):
             continue
         best = (m.start(), int(m.group("y")))
@@ -1407,8 +1390,12 @@ class _TokenFacts:
 
     __slots__ = (
         "aliases",
+        "extra_words",
+        "fuzzy",
         "goes_on",
         "intent",
+        "keyword",
+        "rare",
         "price_bare_ends",
         "prices",
         "refs",
@@ -1417,12 +1404,20 @@ class _TokenFacts:
         "run_longest",
         "run_whole",
         "starts",
+        "year_skip_words",
     )
 
     def __init__(self, token: str) -> None:
         self.prices = _offsets_in(_PRICE_GATE, token)
         self.price_bare_ends = tuple(_bare_end(token, o) for o in self.prices)
         self.goes_on = _PRICE_GOES_ON_RE.match(token) is not None
+        # Words that some rare checks need (none holds whitespace, so a text holds one iff a token does).
+        self.keyword = any(k in token for k in _PRICE_KEYWORDS)
+        self.extra_words = any(k in token for k in _EXTRA_WORDS)
+        self.year_skip_words = any(k in token for k in _YEAR_SKIP_WORDS)
+        # Its words ([a-z] runs never cross whitespace) that are misspelt brand or family names: most have none.
+        self.fuzzy = frozenset(w for w in _WORD_RE.findall(token) if _fuzzy_alias(w) is not None)
+        self.rare = bool(self.keyword or self.extra_words or self.year_skip_words or self.fuzzy)
         self.refs = tuple((i, _ref_in_token(token, i)) for i in _ref_offsets(token))
         self.aliases = tuple(m.start() for m in _RUN_RE.finditer(token) if m.group() in _ALIAS_FIRST_RUNS)
         self.intent = _offsets_in(_INTENT_GATE, token) if _INTENT_GATE is not None else ()
@@ -1465,7 +1460,18 @@ def _token_facts(token: str) -> _TokenFacts:
 class _TextStarts:
     """Per scan, the positions of a text where a match may start, in order (see _scan_tokens)."""
 
-    __slots__ = ("aliases", "intent", "phone_digits", "price_bare_ends", "prices", "refs")
+    __slots__ = (
+        "aliases",
+        "extra_words",
+        "fuzzy",
+        "intent",
+        "keyword",
+        "phone_digits",
+        "price_bare_ends",
+        "prices",
+        "refs",
+        "year_skip_words",
+    )
 
     def __init__(
         self,
@@ -1475,6 +1481,10 @@ class _TextStarts:
         aliases: list[int],
         intent: list[int] | None,
         phone_digits: int,
+        keyword: bool,
+        extra_words: bool,
+        year_skip_words: bool,
+        fuzzy: set[str],
     ) -> None:
         self.prices = prices
         self.price_bare_ends = price_bare_ends  # per price start: where its bare-number match ends, or -1
@@ -1482,6 +1492,10 @@ class _TextStarts:
         self.aliases = aliases
         self.intent = intent  # None: anywhere (no gate could be derived)
         self.phone_digits = phone_digits  # the most digits in a stretch of digits, whitespace and .-()+
+        self.keyword = keyword  # a price keyword may be in the text
+        self.extra_words = extra_words  # so may words of a shipping or deposit price (_EXTRA_WORDS)
+        self.year_skip_words = year_skip_words  # and of a year that is no production year (_YEAR_SKIP_WORDS)
+        self.fuzzy = fuzzy  # its words that are misspelt brand or family names
 
 
 def _scan_tokens(text: str, tokens: list[str]) -> _TextStarts:
@@ -1496,10 +1510,17 @@ def _scan_tokens(text: str, tokens: list[str]) -> _TextStarts:
     pos = 0
     held = -1  # where the last token ends if a bare number ends there (known once the next token is seen)
     held_from = 0  # its first price start
+    keyword = extra_words = year_skip_words = False
+    fuzzy: set[str] = set()
     for token in tokens:
         facts = known.get(token)
         if facts is None:
             facts = _token_facts(token)
+        if facts.rare:
+            keyword = keyword or facts.keyword
+            extra_words = extra_words or facts.extra_words
+            year_skip_words = year_skip_words or facts.year_skip_words
+            fuzzy |= facts.fuzzy
         if held >= 0:
             # A space and this token may carry the price pattern on past the end of the last token.
             if facts.goes_on and text[held] == " " and not text[held + 1].isspace():
@@ -1536,7 +1557,18 @@ def _scan_tokens(text: str, tokens: list[str]) -> _TextStarts:
             aliases.append(at + o)
         for o in facts.intent:
             intent.append(at + o)
-    return _TextStarts(prices, bare_ends, refs, aliases, intent if _INTENT_GATE is not None else None, longest)
+    return _TextStarts(
+        prices,
+        bare_ends,
+        refs,
+        aliases,
+        intent if _INTENT_GATE is not None else None,
+        longest,
+        keyword,
+        extra_words,
+        year_skip_words,
+        fuzzy,
+    )
 
 
 def _mention_starts(
@@ -1706,7 +1738,15 @@ def _price_start(p: _Price) -> int:
     return p.start
 
 
-def _attrs(span_folded: str, span_original: str, prices: list[_Price], offset: int, end: int) -> _Attrs:
+def _attrs(
+    span_folded: str,
+    span_original: str,
+    prices: list[_Price],
+    offset: int,
+    end: int,
+    year_skip_words: bool = True,
+) -> _Attrs:
+    """The attributes stated in one span of the text; `year_skip_words` as _TextStarts'."""
     a = _Attrs()
     if offset == 0 and (not prices or prices[-1].start < end):  # every price is inside (the usual one watch)
         inside = prices
@@ -1732,7 +1772,7 @@ def _attrs(span_folded: str, span_original: str, prices: list[_Price], offset: i
     if starts[_CONDITION] != []:
         a.condition = _condition(masked, original, starts[_CONDITION])
     if starts[_YEAR] != [] or starts[_MONTH_YEAR] != []:
-        a.year = _year(masked, starts[_YEAR], starts[_MONTH_YEAR])
+        a.year = _year(masked, starts[_YEAR], starts[_MONTH_YEAR], year_skip_words)
     a.size = _size(masked)
     if starts[_MOVEMENT] != []:
         a.movement = _movement(masked, starts[_MOVEMENT])
@@ -1763,17 +1803,14 @@ _ALNUM_RE = re.compile(r"[^\W_]")
 _NON_NEWLINE_RE = re.compile("[^\n]")
 
 
-def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Mention], list[int] | None]:
-    """The text cut to size, folded and phone-masked; its prices, references and mentions; where an intent word
-    may start in it."""
+def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Mention], _TextStarts]:
+    """The text cut to size, folded and phone-masked; its prices, references and mentions; its token scan."""
     original = text[:MAX_TEXT_CHARS]
     unmasked = _fold(original)
-    tokens = unmasked.split()
-    starts = _scan_tokens(unmasked, tokens)
+    starts = _scan_tokens(unmasked, unmasked.split())
     folded = _mask_phones(unmasked, starts.phone_digits)
     if folded != unmasked:  # a phone was blanked (rare): its tokens are gone
-        tokens = folded.split()
-        starts = _scan_tokens(folded, tokens)
+        starts = _scan_tokens(folded, folded.split())
     prices = _find_prices(folded, starts)
     masked = _mask_spans(folded, [(p.start, p.end) for p in prices])
     ref_starts, alias_starts = starts.refs, starts.aliases
@@ -1781,7 +1818,7 @@ def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Menti
         ref_starts, alias_starts = _mention_starts(folded, masked, prices, starts)
     refs = _find_refs(masked, ref_starts)
     taken = [(r.start, r.end) for r in refs]
-    aliases = _find_alias_mentions(masked, original, taken, alias_starts, tokens)
+    aliases = _find_alias_mentions(masked, original, taken, alias_starts, starts.fuzzy)
     context_brands = {m.brand for m in aliases if m.brand}
     mentions = list(aliases)
     for r in refs:
@@ -1797,7 +1834,7 @@ def _analyse(text: str) -> tuple[str, str, list[_Price], list[_Ref], list[_Menti
             for p in prices
             if (i := bisect.bisect_right(ref_offsets, p.start) - 1) < 0 or p.start >= refs[i].end
         ]
-    return original, folded, prices, refs, mentions, starts.intent
+    return original, folded, prices, refs, mentions, starts
 
 
 def _scale_prices(prices: list[_Price], brands: set[str]) -> None:
@@ -1842,7 +1879,7 @@ def extract_watch_info(text: str, rates: Mapping[str, float] | None = None) -> W
 
 
 def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
-    original, folded, prices, refs, mentions, intent_starts = _analyse(text)
+    original, folded, prices, refs, mentions, starts = _analyse(text)
     if "\n" not in original:
         # One line (most messages): no header lines (they need a list below), mentions and prices on line 0.
         line_starts, n_lines, line_ends = [0], 1, [len(original)]
@@ -1883,7 +1920,7 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
     groups = _group_mentions(kept, line_starts, line_has_price)
 
     window = folded[:_INTENT_WINDOW]
-    intent, _pos = _intent(window, intent_starts if len(folded) <= _INTENT_WINDOW else _intent_starts(window))
+    intent, _pos = _intent(window, starts.intent if len(folded) <= _INTENT_WINDOW else _intent_starts(window))
     has_question = "?" in folded
     if intent == "other":
         return _info("other", 0.6, [])
@@ -1954,7 +1991,7 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
     for s, e in context:
         if _ALNUM_RE.search(folded, s, e) is None:
             continue  # a separator or blank line ("———"): every attribute needs a letter or a digit
-        a = _attrs(folded[s:e], original[s:e], [], s, e)
+        a = _attrs(folded[s:e], original[s:e], [], s, e, starts.year_skip_words)
         defaults.condition = defaults.condition or a.condition
         defaults.year = defaults.year or a.year
         for attr in ("box", "papers"):
@@ -1968,7 +2005,7 @@ def _extract(text: str, rates: Mapping[str, float] | None) -> WatchInfo:
     for gi in range(len(groups) - 1, -1, -1):
         g = groups[gi]
         s, e = spans[gi] if len(groups) > 1 else spans[0]
-        a = _attrs(folded[s:e], original[s:e], prices, s, e)
+        a = _attrs(folded[s:e], original[s:e], prices, s, e, starts.year_skip_words)
         if g.counterpart:
             pending_attrs = a
             a = _Attrs()
