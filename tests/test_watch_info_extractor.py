@@ -373,7 +373,8 @@ def test_one_line_and_separator_lines() -> None:
 _TOKEN_PIECES = st.sampled_from(
     ["rolex", "royal", "oak", "royal oak", "a. lange", "lange & sohne", "gmt-master ii", "code 11.59", "sub", "rm",
      "rm011", "pam", "ref", "ref.", "ref:", "reference", "omaga", "submarinr", "rollex", "audemar", "116610ln",
-     "5711/1a-010", "15202st.oo.1240st.01", "ab12", "abcdef1", "x-1234", "-1234", "1234", "a", "é", "_", "1", "9", "ln", " ", "  ", "\n", "\t", "-", "/", ".", ",",
+     "5711/1a-010", "15202st.oo.1240st.01", "ab12", "abcdef1", "a.", "land", "land - dweller", "yacht", "l.u.c",
+     "mb&f", "sea-dweller deepsea", "gmt", "x-1234", "-1234", "1234", "a", "é", "_", "1", "9", "ln", " ", "  ", "\n", "\t", "-", "/", ".", ",",
      "(", ")", ":", "#", "&", "'", "\u00a0", "\u2028", "\u3000"]
 )  # fmt: skip
 
@@ -387,19 +388,27 @@ def test_token_starts_find_what_finditer_finds(text: str) -> None:
     starts = wie._scan_tokens(text, text.split())
     ref_starts, alias_starts = starts.refs, starts.aliases
     ref_positions = [p for p, _found in ref_starts]
-    for rx, starts in ((wie._REF_CANDIDATE_RE, ref_positions), (wie._ALIAS_RE, alias_starts)):
+    alias_positions = [p for p, _found in alias_starts]
+    for rx, starts in ((wie._REF_CANDIDATE_RE, ref_positions), (wie._ALIAS_RE, alias_positions)):
         got, resume = [], 0
         for p in starts:
             if p >= resume and (m := rx.match(text, p)) is not None:
                 got.append((m.span(), m.groups()))
                 resume = m.end()
         assert got == [(m.span(), m.groups()) for m in rx.finditer(text)]
-    # Candidates worked out on their token alone are the ones matched in the text.
+    # Candidates and aliases worked out on their token alone are the ones matched in the text.
     def refs(starts: list) -> list[tuple]:
         fields = ("start", "end", "ref", "brand", "family", "needs_context", "exact")
         return [tuple(getattr(r, f) for f in fields) for r in wie._find_refs(text, starts)]
 
     assert refs(ref_starts) == refs([(p, None) for p in ref_positions])
+
+    def aliases(starts: list) -> list[tuple]:
+        fields = ("start", "end", "brand", "family", "weak")
+        found = wie._find_alias_mentions(text, text.upper(), [], starts, set())
+        return [tuple(getattr(m, f) for f in fields) for m in found]
+
+    assert aliases(alias_starts) == aliases([(p, None) for p in alias_positions])
 
 
 @settings(max_examples=300, deadline=None)

@@ -818,6 +818,26 @@ _RUN_RE = re.compile(r"[a-z0-9]+")
 # An alias match starts where a run of [a-z0-9] starts, and that run is the first run of its key (the key's
 # next character, if any, is not [a-z0-9] and stands for itself or for whitespace).
 _ALIAS_FIRST_RUNS = frozenset(m.group() for k in _ALIASES if (m := _RUN_RE.match(k)) is not None)
+# An alias match reads past its token only through a space of its key, after the key's part before that space.
+_ALIAS_SPACE_HEADS = frozenset(k[: k.index(" ")] for k in _ALIASES if " " in k)
+# An alias match worked out on its token: (match length, the key matched); False for no match; None when the
+# match must be tried on the text.
+_AliasMatch = tuple[int, str] | bool | None
+
+
+def _alias_in_token(tok: str, i: int) -> _AliasMatch:
+    """The alias match at offset i of a token, worked out on the token alone when that gives the text's.
+
+    A key with a space goes on past the token only when the rest of the token is its part before the space;
+    otherwise the match in the text is the match in the token (the lookarounds see the same characters, and
+    whitespace or nothing past the token).
+    """
+    if tok[i:] in _ALIAS_SPACE_HEADS:
+        return None
+    m = _ALIAS_RE.match(tok, i)
+    if m is None:
+        return False
+    return m.end() - i, m.group()
 _KNOWN_TOKENS_MAX = 200_000  # the per-token tables are bounded like the lru caches: cleared when full
 
 
@@ -893,7 +913,11 @@ def _covers(spans: list[tuple[int, int]], i: int) -> bool:
 
 
 def _find_alias_mentions(
-    folded: str, original: str, taken: list[tuple[int, int]], starts: list[int], fuzzy: set[str]
+    folded: str,
+    original: str,
+    taken: list[tuple[int, int]],
+    starts: list[tuple[int, _AliasMatch]],
+    fuzzy: set[str],
 ) -> list[_Mention]:
     """Brand and family names (exact aliases, then misspellings).
 
@@ -904,16 +928,22 @@ def _find_alias_mentions(
     covered = list(taken)  # spans of the references, then of the aliases found: a handful
     match = _ALIAS_RE.match
     after = 0  # as in _find_refs: resume after the last match, as finditer does
-    for p in starts:
-        if p < after or (m := match(folded, p)) is None:
+    for p, found in starts:
+        if p < after or found is False:
             continue
-        s, e = m.span()
+        if found is None:  # a key with a space may reach past the token: match in the text
+            if (m := match(folded, p)) is None:
+                continue
+            s, e = m.span()
+            key = m.group()
+            if not key.isalnum():  # only aliases of several words can hold whitespace (maybe a newline)
+                key = _WS_RE.sub(" ", key)
+        else:
+            size, key = found  # type: ignore[misc]  # neither False nor None here: a (size, key) pair
+            s, e = p, p + size
         after = e
         if _covers(covered, s) or _covers(covered, e - 1):
             continue
-        key = m.group()
-        if not key.isalnum():  # only aliases of several words can hold whitespace (maybe a newline)
-            key = _WS_RE.sub(" ", key)
         alias = _ALIASES.get(key)
         if alias is None:
             continue
@@ -1422,7 +1452,11 @@ class _TokenFacts:
         self.fuzzy = frozenset(w for w in _WORD_RE.findall(token) if _fuzzy_alias(w) is not None)
         self.rare = bool(self.keyword or self.extra_words or self.year_skip_words or self.fuzzy)
         self.refs = tuple((i, _ref_in_token(token, i)) for i in _ref_offsets(token))
-        self.aliases = tuple(m.start() for m in _RUN_RE.finditer(token) if m.group() in _ALIAS_FIRST_RUNS)
+        self.aliases = tuple(
+            (m.start(), _alias_in_token(token, m.start()))
+            for m in _RUN_RE.finditer(token)
+            if m.group() in _ALIAS_FIRST_RUNS
+        )
         self.intent = _offsets_in(_INTENT_GATE, token) if _INTENT_GATE is not None else ()
         self.starts = bool(self.prices or self.refs or self.aliases or self.intent)
         runs = [0]  # digits per run, runs split by any other character
@@ -1481,7 +1515,7 @@ class _TextStarts:
         prices: list[int],
         price_bare_ends: list[int],
         refs: list[tuple[int, _RefMatch]],
-        aliases: list[int],
+        aliases: list[tuple[int, _AliasMatch]],
         intent: list[int] | None,
         phone_digits: int,
         keyword: bool,
@@ -1492,7 +1526,7 @@ class _TextStarts:
         self.prices = prices
         self.price_bare_ends = price_bare_ends  # per price start: where its bare-number match ends, or -1
         self.refs = refs  # each with its candidate match when the token alone gives it (see _ref_in_token)
-        self.aliases = aliases
+        self.aliases = aliases  # each with its match when the token alone gives it (see _alias_in_token)
         self.intent = intent  # None: anywhere (no gate could be derived)
         self.phone_digits = phone_digits  # the most digits in a stretch of digits, whitespace and .-()+
         self.keyword = keyword  # a price keyword may be in the text
@@ -1506,7 +1540,7 @@ def _scan_tokens(text: str, tokens: list[str]) -> _TextStarts:
     prices: list[int] = []
     bare_ends: list[int] = []
     refs: list[tuple[int, _RefMatch]] = []
-    aliases: list[int] = []
+    aliases: list[tuple[int, _AliasMatch]] = []
     intent: list[int] = []
     known = _TOKEN_FACTS
     run = longest = 0  # digits of the run going on through the tokens so far, and of the longest run seen
@@ -1556,8 +1590,8 @@ def _scan_tokens(text: str, tokens: list[str]) -> _TextStarts:
                     held = pos
         for o, found in facts.refs:
             refs.append((at + o, found))
-        for o in facts.aliases:
-            aliases.append(at + o)
+        for o, alias in facts.aliases:
+            aliases.append((at + o, alias))
         for o in facts.intent:
             intent.append(at + o)
     return _TextStarts(
@@ -1576,7 +1610,7 @@ def _scan_tokens(text: str, tokens: list[str]) -> _TextStarts:
 
 def _mention_starts(
     folded: str, masked: str, prices: list[_Price], starts: _TextStarts
-) -> tuple[list[tuple[int, _RefMatch]], list[int]]:
+) -> tuple[list[tuple[int, _RefMatch]], list[tuple[int, _AliasMatch]]]:
     """Where references and aliases may start in `masked`, the folded text with its prices blanked, from the
     starts of the folded text.
 
@@ -1597,7 +1631,7 @@ def _mention_starts(
             stretches.pop()
         stretches.append((lo, hi))
     refs: list[tuple[int, _RefMatch]] = []
-    aliases: list[int] = []
+    aliases: list[tuple[int, _AliasMatch]] = []
     old_refs, old_aliases = starts.refs, starts.aliases
     r = a = 0
     for lo, hi in stretches:
@@ -1606,17 +1640,17 @@ def _mention_starts(
             r += 1
         while r < len(old_refs) and old_refs[r][0] < hi:
             r += 1
-        while a < len(old_aliases) and old_aliases[a] < lo:
+        while a < len(old_aliases) and old_aliases[a][0] < lo:
             aliases.append(old_aliases[a])
             a += 1
-        while a < len(old_aliases) and old_aliases[a] < hi:
+        while a < len(old_aliases) and old_aliases[a][0] < hi:
             a += 1
         piece = masked[lo:hi]
         inside = _scan_tokens(piece, piece.split())
         for o, found in inside.refs:
             refs.append((lo + o, found))
-        for o in inside.aliases:
-            aliases.append(lo + o)
+        for o, alias in inside.aliases:
+            aliases.append((lo + o, alias))
     refs.extend(old_refs[r:])
     aliases.extend(old_aliases[a:])
     return refs, aliases
