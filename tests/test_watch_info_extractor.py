@@ -430,6 +430,20 @@ def test_class_led_year_pattern_equals_the_lookbehind_form(text: str) -> None:
     ]
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["41", "40", "36.5", "39,5", "7", "mm", "m", " ", ".", "a", "x", "comme", "mmm", "\n"]),
+        max_size=30,
+    ).map("".join)
+)
+def test_size_search_from_the_first_mm_finds_what_a_whole_search_finds(text: str) -> None:
+    from src import watch_info_extractor as wie
+
+    m = wie._SIZE_RE.search(text)
+    assert wie._size(text) == (float(m.group("s").replace(",", ".")) if m else None)
+
+
 # Prices are tried only where a token says they may start, and not even there when the token shows a bare number.
 _PRICE_PIECES = st.sampled_from(
     ["1", "9", "00", "12", "200", "2018", "116610ln", "8200€", "8,2k", "8k2", " ", "  ", "\n", "\t", "\u00a0", ".",

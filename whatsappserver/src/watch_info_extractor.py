@@ -1225,7 +1225,12 @@ def _year(
 
 
 def _size(span: str) -> float | None:
-    m = _SIZE_RE.search(span) if "mm" in span else None
+    """The case size: '41mm', '40 mm', '36.5mm'."""
+    first_mm = span.find("mm")
+    if first_mm < 0:
+        return None
+    # Every match ends with an "mm" and starts at most 5 characters before it: none starts before the first.
+    m = _SIZE_RE.search(span, max(0, first_mm - 5))
     return float(m.group("s").replace(",", ".")) if m else None
 
 
