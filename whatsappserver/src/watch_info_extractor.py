@@ -1454,7 +1454,7 @@ class _TokenFacts:
         self.extra_words = any(k in token for k in _EXTRA_WORDS)
         self.year_skip_words = any(k in token for k in _YEAR_SKIP_WORDS)
         # Its words ([a-z] runs never cross whitespace) that are misspelt brand or family names: most have none.
-        self.fuzzy = frozenset(w for w in _WORD_RE.findall(token) if _fuzzy_alias(w) is not None)
+        self.fuzzy = frozenset(w for w in _WORD_RE.findall(token) if _fuzzy_alias(w) is not None) or _NO_WORDS
         self.rare = bool(self.keyword or self.extra_words or self.year_skip_words or self.fuzzy)
         self.refs = tuple((i, _ref_in_token(token, i)) for i in _ref_offsets(token))
         self.aliases = tuple(
@@ -1491,12 +1491,22 @@ def _bare_end(token: str, o: int) -> int:
 _TOKEN_FACTS: dict[str, _TokenFacts] = {}
 
 
+_NO_WORDS: frozenset[str] = frozenset()  # shared: an empty frozenset is 216 bytes, and most tokens have one
+
+
 def _token_facts(token: str) -> _TokenFacts:
     """A token's facts, worked out on first sight and remembered."""
     if len(_TOKEN_FACTS) > _KNOWN_TOKENS_MAX:
         _TOKEN_FACTS.clear()
-    facts = _TOKEN_FACTS[token] = _TokenFacts(token)
+    facts = _TokenFacts(token)
+    if not (facts.starts or facts.rare or facts.goes_on or facts.run_whole or facts.run_longest):
+        facts = _NOTHING  # most words: one shared record (the table of 200,000 tokens stays small)
+    _TOKEN_FACTS[token] = facts
     return facts
+
+
+_NOTHING = _TokenFacts(" ")  # the facts of a token that starts nothing and holds no digit run
+assert not (_NOTHING.starts or _NOTHING.rare or _NOTHING.goes_on or _NOTHING.run_whole or _NOTHING.run_longest)
 
 
 class _TextStarts:
