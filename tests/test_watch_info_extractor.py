@@ -512,7 +512,8 @@ _GATE_PIECES = st.sampled_from(
      "no box", "no papers", "watch only", "set minus box", "fs", "automatic", "self-winding", "hand wound", "quartz",
      "2021", "1998", "05/2022", "4/25", "n1.2019", "mar 2020", "submariner 2019", "sept. 2018", "12.2019", "a", "x",
      "1", "9", "0", " ", "  ", "\n", "\t", "\u00a0", "\u3000", "-", "/", ".", ",", "(", "&", "+", "'", "serviced in ",
-     "since ", "revisee en ", "polished ", "can be ", "years ", "yr", "depuis "]
+     "since ", "revisee en ", "polished ", "can be ", "years ", "yr", "depuis ", "2019-2021", "2019 - 21", "2020+",
+     " ou plus", " or newer", " and up", " minimum", "min", "–", "1995"]
 )  # fmt: skip
 
 
@@ -529,6 +530,7 @@ def test_scans_from_span_starts_find_what_whole_scans_find(text: str) -> None:
         (wie._BOX_PAPERS, wie._BOX_PAPERS_RE),
         (wie._MOVEMENT, wie._MOVEMENT_RE),
         (wie._MONTH_YEAR, wie._MONTH_YEAR_RE),
+        (wie._YEAR_RANGE, wie._YEAR_RANGE_RE),
     ]
     for scan, scanner in scanners:
         expected = [(m.span(), m.lastgroup) for m in re.compile(scanner.pattern).finditer(span)]
@@ -540,7 +542,8 @@ def test_scans_from_span_starts_find_what_whole_scans_find(text: str) -> None:
     assert {m.start() for m in wie._YEAR_RE.finditer(span)} <= set(year_starts)
     assert wie._year(span, year_starts, starts[wie._MONTH_YEAR]) == wie._year(span)
     skip_words = wie._scan_tokens(span, span.split()).year_skip_words
-    assert wie._year(span, year_starts, starts[wie._MONTH_YEAR], skip_words) == wie._year(span)
+    found = wie._year(span, year_starts, starts[wie._MONTH_YEAR], skip_words, starts[wie._YEAR_RANGE])
+    assert found == wie._year(span)
 
 
 @settings(max_examples=400, deadline=None)

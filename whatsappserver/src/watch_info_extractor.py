@@ -1180,10 +1180,12 @@ def _year(
     year_starts: list[int] | None = None,
     month_starts: list[int] | None = None,
     skip_words: bool = True,
+    range_starts: list[int] | None = None,
 ) -> int | None:
     """The production or card year: '2018', 'carte 2021', '05/2022', '4/25'; not ranges like '2019-2021'.
 
-    `year_starts` and `month_starts` from _span_starts: where a year or a month-year may start (None: anywhere).
+    `year_starts`, `month_starts` and `range_starts` from _span_starts: where a year, a month-year or a year
+    range may start (None: anywhere).
     `skip_words`: False when the text holds none of _YEAR_SKIP_WORDS.
     """
     ranges: list[tuple[int, int]] | None = None  # year ranges, found only once a year is seen
@@ -1194,7 +1196,7 @@ def _year(
             continue
         after = m.end()
         if ranges is None:
-            ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
+            ranges = [r.span() for r in _YEAR_RANGE_RE.finditer_at(span, range_starts)]
         if _covers(ranges, m.start()) or (
             skip_words and _YEAR_SKIP_BEFORE_RE.search(span[max(0, m.start() - 22) : m.start()])
         ):
@@ -1206,7 +1208,7 @@ def _year(
     m = _MONTH_YEAR_RE.search_at(span, month_starts, 0, limit) if month_starts != [] else None
     while m is not None:
         if ranges is None:
-            ranges = [r.span() for r in _YEAR_RANGE_RE.finditer(span)]
+            ranges = [r.span() for r in _YEAR_RANGE_RE.finditer_at(span, range_starts)]
         if _covers(ranges, m.start()):
             m = _MONTH_YEAR_RE.search_at(span, month_starts, m.end(), limit)
             continue
@@ -1326,7 +1328,7 @@ def _intent_word(folded: str, m: re.Match[str]) -> MessageType | None:
 
 # ---------------------------------------------------------------- where each scan may start
 # The scans a span may need, in the order _span_starts lists their start positions.
-_CONDITION, _BOX_PAPERS, _MOVEMENT, _YEAR, _MONTH_YEAR = range(5)
+_CONDITION, _BOX_PAPERS, _MOVEMENT, _YEAR, _MONTH_YEAR, _YEAR_RANGE = range(6)
 # Per scan, a regex that matches inside a token at every offset where a match of the scan may start there.
 _GATE_RES: list[re.Pattern[str] | None] = [
     _token_gate(_CONDITION_RE.pattern, lead="(?<![a-z])"),  # as every alternative
@@ -1335,6 +1337,7 @@ _GATE_RES: list[re.Pattern[str] | None] = [
     # _YEAR_RE without its look-arounds; the month-year pattern's month names may start inside a word.
     re.compile(r"19[3-9]\d|20[0-3]\d"),
     _token_gate(_MONTH_YEAR_RE.pattern),
+    _token_gate(_YEAR_RANGE_RE.pattern),
 ]
 _Offsets = tuple[tuple[int, ...], ...]  # per scan, the offsets inside a token where a match may start
 _SHUT: _Offsets = ((),) * len(_GATE_RES)  # most tokens: no scan can start a match in them
@@ -1376,6 +1379,7 @@ def _span_starts(span: str, tokens: list[str] | None = None) -> list[list[int] |
     movement: list[int] = []
     year: list[int] = []
     month_year: list[int] = []
+    year_range: list[int] = []
     known = _GATES
     pos = 0
     for token in tokens if tokens is not None else span.split():
@@ -1386,7 +1390,7 @@ def _span_starts(span: str, tokens: list[str] | None = None) -> list[list[int] |
             continue
         at = _locate(span, token, pos)
         pos = at + len(token)
-        in_condition, in_box_papers, in_movement, in_year, in_month_year = offsets
+        in_condition, in_box_papers, in_movement, in_year, in_month_year, in_year_range = offsets
         for o in in_condition:
             condition.append(at + o)
         for o in in_box_papers:
@@ -1397,7 +1401,9 @@ def _span_starts(span: str, tokens: list[str] | None = None) -> list[list[int] |
             year.append(at + o)
         for o in in_month_year:
             month_year.append(at + o)
-    starts: list[list[int] | None] = [condition, box_papers, movement, year, month_year]
+        for o in in_year_range:
+            year_range.append(at + o)
+    starts: list[list[int] | None] = [condition, box_papers, movement, year, month_year, year_range]
     for scan in _UNGATED:
         starts[scan] = None
     return starts
@@ -1824,7 +1830,7 @@ def _attrs(
     if starts[_CONDITION] != []:
         a.condition = _condition(masked, original, starts[_CONDITION])
     if starts[_YEAR] != [] or starts[_MONTH_YEAR] != []:
-        a.year = _year(masked, starts[_YEAR], starts[_MONTH_YEAR], year_skip_words)
+        a.year = _year(masked, starts[_YEAR], starts[_MONTH_YEAR], year_skip_words, starts[_YEAR_RANGE])
     a.size = _size(masked)
     if starts[_MOVEMENT] != []:
         a.movement = _movement(masked, starts[_MOVEMENT])
