@@ -360,7 +360,8 @@ _EXTRA_BEFORE_RE = _Scanner(
     r"(?:\+|acompte|deposit|depot|port|shipping|envoi|frais|fee|label|dep|plus)\W{0,4}(?:de\W{0,3})?$"
 )
 _EXTRA_AFTER_RE = re.compile(r"^\s{0,2}(?:de port|d'envoi|shipping|pour reserver|deposit|de frais|fee)")
-# Every match of the two holds one of these (none holds whitespace): a text without any has no extra (see _scan_tokens).
+# Every match of the two holds one of these (none holds whitespace): a text without any has no extra
+# (see _scan_tokens).
 _EXTRA_WORDS = ("+", "acompte", "deposit", "depot", "port", "shipping", "envoi", "frais", "fee", "label", "dep", "plus",
                 "reserver")  # fmt: skip
 
@@ -838,6 +839,8 @@ def _alias_in_token(tok: str, i: int) -> _AliasMatch:
     if m is None:
         return False
     return m.end() - i, m.group()
+
+
 _KNOWN_TOKENS_MAX = 200_000  # the per-token tables are bounded like the lru caches: cleared when full
 
 
@@ -1409,7 +1412,8 @@ def _span_starts(span: str, tokens: list[str] | None = None) -> list[list[int] |
     return starts
 
 
-# Where an intent word may start: a gate that keeps each alternative's word-start lookbehind, so few tokens open it.
+# Where an intent word may start: a gate that keeps each alternative's word-start lookbehind, so few tokens
+# open it.
 _INTENT_GATE = _token_gate(_INTENT_RE.pattern, lookbehinds=True)
 
 
@@ -1427,6 +1431,7 @@ def _intent_starts(text: str) -> list[int] | None:
 # tried only at those positions, in text order, resuming after each match as finditer does. The matches are
 # exactly finditer's. The same pass measures the digit runs that the phone mask needs.
 _PHONE_RUN_CHARS = frozenset(".-()+")  # with digits and whitespace, all a phone match holds
+_NO_WORDS: frozenset[str] = frozenset()  # shared: an empty frozenset is 216 bytes, and most tokens have one
 
 
 class _TokenFacts:
@@ -1495,9 +1500,6 @@ def _bare_end(token: str, o: int) -> int:
 
 
 _TOKEN_FACTS: dict[str, _TokenFacts] = {}
-
-
-_NO_WORDS: frozenset[str] = frozenset()  # shared: an empty frozenset is 216 bytes, and most tokens have one
 
 
 def _token_facts(token: str) -> _TokenFacts:
