@@ -1345,9 +1345,6 @@ _GATE_RES: list[re.Pattern[str] | None] = [
 _Offsets = tuple[tuple[int, ...], ...]  # per scan, the offsets inside a token where a match may start
 _SHUT: _Offsets = ((),) * len(_GATE_RES)  # most tokens: no scan can start a match in them
 _UNGATED = [scan for scan, rx in enumerate(_GATE_RES) if rx is None]  # none on CPython: scanned everywhere
-# Token -> its offsets, worked out on first sight (bounded like the lru caches); a plain dict read with .get,
-# which the compiled build reads without a method call per token.
-_GATES: dict[str, _Offsets] = {}
 
 
 def _offsets_in(gate: re.Pattern[str], token: str) -> tuple[int, ...]:
@@ -1361,13 +1358,9 @@ def _offsets_in(gate: re.Pattern[str], token: str) -> tuple[int, ...]:
 
 
 def _token_gates(token: str) -> _Offsets:
-    """Where each scan may start a match inside one token (see _GATE_RES), remembered for the next time."""
+    """Where each scan may start a match inside one token (see _GATE_RES)."""
     offsets = [_offsets_in(rx, token) if rx is not None else () for rx in _GATE_RES]
-    result = tuple(offsets) if any(offsets) else _SHUT
-    if len(_GATES) > _KNOWN_TOKENS_MAX:
-        _GATES.clear()
-    _GATES[token] = result
-    return result
+    return tuple(offsets) if any(offsets) else _SHUT
 
 
 def _span_starts(span: str, tokens: list[str] | None = None) -> list[list[int] | None]:
@@ -1383,12 +1376,13 @@ def _span_starts(span: str, tokens: list[str] | None = None) -> list[list[int] |
     year: list[int] = []
     month_year: list[int] = []
     year_range: list[int] = []
-    known = _GATES
+    known = _TOKEN_FACTS  # the offsets are among each token's facts
     pos = 0
     for token in tokens if tokens is not None else span.split():
-        offsets = known.get(token)
-        if offsets is None:
-            offsets = _token_gates(token)
+        facts = known.get(token)
+        if facts is None:
+            facts = _token_facts(token)
+        offsets = facts.gates
         if offsets is _SHUT:
             continue
         at = _locate(span, token, pos)
@@ -1435,12 +1429,14 @@ _NO_WORDS: frozenset[str] = frozenset()  # shared: an empty frozenset is 216 byt
 
 
 class _TokenFacts:
-    """Where each scan may start inside one token, and its runs of digits and .-()+ for the phone gate."""
+    """Where each scan may start inside one token, the rare words it holds, and its runs of digits and .-()+
+    for the phone gate: worked out once per distinct token."""
 
     __slots__ = (
         "aliases",
         "extra_words",
         "fuzzy",
+        "gates",
         "goes_on",
         "intent",
         "keyword",
@@ -1475,6 +1471,7 @@ class _TokenFacts:
         )
         self.intent = _offsets_in(_INTENT_GATE, token) if _INTENT_GATE is not None else ()
         self.starts = bool(self.prices or self.refs or self.aliases or self.intent)
+        self.gates = _token_gates(token)  # where the attribute scans of a span may start (see _span_starts)
         runs = [0]  # digits per run, runs split by any other character
         for ch in token:
             if ch.isdecimal():  # what \d matches
@@ -1507,7 +1504,9 @@ def _token_facts(token: str) -> _TokenFacts:
     if len(_TOKEN_FACTS) > _KNOWN_TOKENS_MAX:
         _TOKEN_FACTS.clear()
     facts = _TokenFacts(token)
-    if not (facts.starts or facts.rare or facts.goes_on or facts.run_whole or facts.run_longest):
+    if not (facts.starts or facts.rare or facts.goes_on or facts.run_whole or facts.run_longest) and (
+        facts.gates is _SHUT
+    ):
         facts = _NOTHING  # most words: one shared record (the table of 200,000 tokens stays small)
     _TOKEN_FACTS[token] = facts
     return facts
@@ -1515,6 +1514,7 @@ def _token_facts(token: str) -> _TokenFacts:
 
 _NOTHING = _TokenFacts(" ")  # the facts of a token that starts nothing and holds no digit run
 assert not (_NOTHING.starts or _NOTHING.rare or _NOTHING.goes_on or _NOTHING.run_whole or _NOTHING.run_longest)
+assert _NOTHING.gates is _SHUT
 
 
 class _TextStarts:
