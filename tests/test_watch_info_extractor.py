@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from src.fx import DEFAULT_EUR_RATES, RATES_DATE, to_eur
 from src.watch_info_extractor import (
     WatchInfo,
+    WatchListing,
     canonical_model,
     extract_watch_info,
     find_brand,
@@ -227,12 +228,51 @@ def test_empty_and_chatter() -> None:
     assert info.message_type == "other" and info.watches == []
 
 
+def assert_as_validated(info: WatchInfo) -> None:
+    """The result is what pydantic's validation makes of its own values: the extractor builds it without
+    validating again, so every field must already hold a value of the field's exact type."""
+
+    def fields(model: object) -> list[tuple[str, type, object]]:
+        return [(k, type(v), v) for k, v in vars(model).items() if k != "watches"]
+
+    def given(model: WatchInfo | WatchListing) -> dict[str, object]:  # the fields it was given
+        return {k: v for k, v in vars(model).items() if k in model.model_fields_set}
+
+    validated = [WatchListing.model_validate(given(w)) for w in info.watches]
+    for got, expected in zip(info.watches, validated, strict=True):
+        assert fields(got) == fields(expected)
+        assert got.model_fields_set == expected.model_fields_set
+    values = given(info)
+    if "watches" in values:
+        values["watches"] = validated
+    again = WatchInfo.model_validate(values)
+    assert fields(info) == fields(again) and info.model_fields_set == again.model_fields_set
+    assert info == again and info.model_dump_json() == again.model_dump_json()
+
+
+def test_every_dev_message_gives_what_validation_gives() -> None:
+    import json
+    from pathlib import Path
+
+    labelled = Path(__file__).resolve().parents[2] / "shared" / "data" / "labelled"
+    texts = [
+        json.loads(line)["text"]
+        for name in ("usa_dev.jsonl", "fr_dev.jsonl")
+        for line in (labelled / name).read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    assert len(texts) > 100
+    for text in texts:
+        assert_as_validated(extract_watch_info(text))
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=3000))
 def test_any_text_gives_a_valid_watchinfo(text: str) -> None:
     info = extract_watch_info(text)
     assert isinstance(info, WatchInfo)
     WatchInfo.model_validate(info.model_dump())
+    assert_as_validated(info)
 
 
 _PIECES = st.sampled_from(
@@ -245,6 +285,7 @@ _PIECES = st.sampled_from(
 @given(st.lists(_PIECES, max_size=400).map("".join))
 def test_dealer_like_noise_never_raises(text: str) -> None:
     info = extract_watch_info(text)
+    assert_as_validated(info)
     for w in info.watches:
         assert w.price is None or w.price > 0
         assert 0.0 <= info.confidence <= 1.0
