@@ -1270,7 +1270,6 @@ _NEGATED_TRADE_RE = re.compile(r"(?:pas d'|no |pas de |sans |not |no more )$")
 _ACCESSORY_RE = re.compile(
     r"^\W*(?:a |an |this |the |some |un |une |des |ce |cette )?(?:\w+ ){0,3}?(?:strap|straps|buckle|boucle|clasp|bracelet|band|bezel insert|links?|maillons?|bracelets?|box|boite|pouch|tool|parts?|crown|dial only|movement only)\b"
 )
-_FS_START_RE = re.compile(r"^\W*fs\b")
 _LEADING_FS_RE = re.compile(r"^\W*(?:fs|f/s)(?![a-z])")
 
 
@@ -1750,7 +1749,6 @@ def _family_related(a: str, b: str) -> bool:
     return a.startswith(b) or b.startswith(a)
 
 
-_LIST_MARK_RE = re.compile(r"^\s*(?:[-*•·>]|\d{1,2}[).]|[a-z][).])\s*")
 _COUNTER_RE = re.compile(r"(?:contre|against|for an?|vs|or|ou)\W*(?:une?|a|an|la|le|my|ma|mon)?\W*$")
 
 
